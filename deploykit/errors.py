@@ -1,0 +1,42 @@
+"""One exception type per user-facing failure family.
+
+Every message says what was wrong and what to do; the CLI prints it as one line and exits non-zero.
+"""
+
+
+class DeployKitError(Exception):
+    """Base of every error deploykit raises on purpose (the CLI turns these into one-line messages)."""
+
+    exit_code = 2
+
+
+class UnknownModelError(DeployKitError):
+    """A model or variant name that the zoo does not know."""
+
+
+class CheckpointError(DeployKitError):
+    """A weights file that cannot be read, unwrapped or loaded strictly."""
+
+
+class ShapeContractError(DeployKitError):
+    """An input size the model cannot take (multiple_of, minimum size, square)."""
+
+
+class FormCheckError(DeployKitError):
+    """An export form (numerically identical rewrite) that did not match the reference module."""
+
+
+class ExportError(DeployKitError):
+    """ONNX export, read-back or simplification failed or produced a graph we cannot trust."""
+
+
+class ParityError(DeployKitError):
+    """A backend's output is outside the tolerance against PyTorch FP32."""
+
+
+class ArtifactError(DeployKitError):
+    """Artifacts or a manifest that are missing, unreadable or cannot be written."""
+
+
+class BackendUnavailableError(DeployKitError):
+    """A runtime (TensorRT, a CUDA provider) that is not installed or has no device on this machine."""

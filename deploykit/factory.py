@@ -1,0 +1,29 @@
+"""``create_model``: the one door from a zoo name (and optional official weights) to an eval-mode module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from deploykit.checkpoints import LoadReport, load_weights
+from deploykit.zoo import ModelSpec, get_spec
+
+DEFAULT_SEED = 0
+
+
+def build_model(name: str | ModelSpec, weights: str | Path | None = None, *, seed: int = DEFAULT_SEED,
+                unsafe_pickle: bool = False) -> tuple[torch.nn.Module, ModelSpec, LoadReport | None]:
+    """Build a variant in eval mode; random init is seeded so exports without weights are reproducible."""
+    spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = spec.build()
+    report = load_weights(model, spec, weights, unsafe_pickle=unsafe_pickle) if weights is not None else None
+    return model.eval(), spec, report
+
+
+def create_model(name: str, weights: str | Path | None = None, *, seed: int = DEFAULT_SEED,
+                 unsafe_pickle: bool = False) -> torch.nn.Module:
+    """timm-style entry point: ``create_model("mirnetv2:sr_x4", weights="sr_x4.pth")``."""
+    return build_model(name, weights, seed=seed, unsafe_pickle=unsafe_pickle)[0]

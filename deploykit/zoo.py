@@ -1,0 +1,337 @@
+"""Registry of the supported models: name + variant -> ModelSpec.
+
+A ModelSpec says everything a caller must know without reading the model (spandrel's descriptor idea):
+inputs and outputs, scale, shape contract, value range, checkpoint format and FP16 notes. Constructor
+keyword arguments per variant are the released configurations (the official YAMLs / test scripts), recorded
+in ``../shared/reference/architectures.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploykit.errors import ShapeContractError, UnknownModelError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, channels, and what it carries."""
+
+    name: str
+    channels: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """How the official weight files are laid out.
+
+    ``keys`` is the preference order of wrapper keys to unwrap (first found wins); ``legacy`` names
+    other layouts the loader can remap (see ``deploykit.checkpoints.LEGACY_LAYOUTS``).
+    """
+
+    keys: tuple[str, ...] = ("params", "params_ema", "state_dict")
+    legacy: tuple[str, ...] = ()
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Fp16Policy:
+    """Per-model FP16 decisions: ONNX op types kept in FP32 and the PSNR floor for FP16 parity."""
+
+    keep_fp32_ops: tuple[str, ...] = ()
+    min_psnr_db: float = 40.0
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model variant: how to build it and the contract its callers rely on."""
+
+    family: str
+    variant: str
+    task: str
+    builder: str  # "module:Class" inside models_src
+    kwargs: dict[str, Any]
+    params: int  # official distinct nn.Parameter count (tests reproduce it)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    image_output: int = 0
+    scale: int = 1
+    multiple_of: int = 1
+    min_size: int = 1
+    square: bool = False
+    value_range: tuple[float, float] = (0.0, 1.0)
+    checkpoint: CheckpointFormat = field(default_factory=CheckpointFormat)
+    fp16: Fp16Policy = field(default_factory=Fp16Policy)
+    exporters: tuple[str, ...] = ("dynamo", "legacy")  # preference; the first that passes the checks wins
+    source: str = ""
+    notes: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}:{self.variant}"
+
+    @property
+    def in_channels(self) -> int:
+        return self.inputs[0].channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.outputs[self.image_output].channels
+
+    def build(self):
+        """Instantiate the reference module (random init, train mode as torch creates it)."""
+        module_name, _, class_name = self.builder.partition(":")
+        cls = getattr(importlib.import_module(f"models_src.{module_name}"), class_name)
+        return cls(**self.kwargs)
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise ShapeContractError when (height, width) breaks the shape contract."""
+        problems = []
+        if height % self.multiple_of or width % self.multiple_of:
+            problems.append(f"sides must be multiples of {self.multiple_of}")
+        if min(height, width) < self.min_size:
+            problems.append(f"sides must be at least {self.min_size}")
+        if self.square and height != width:
+            problems.append("input must be square")
+        if problems:
+            raise ShapeContractError(
+                f"{self.name} cannot take {height}x{width} (HxW): {'; '.join(problems)}. "
+                "Pad the image (reflect, right/bottom) to the contract and crop the output back."
+            )
+
+    def valid_size(self, size: int) -> int:
+        """The smallest size >= ``size`` that meets the contract (for picking test shapes)."""
+        size = max(size, self.min_size)
+        return -(-size // self.multiple_of) * self.multiple_of
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return height * self.scale, width * self.scale
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its variants and which one a bare name means."""
+
+    name: str
+    description: str
+    task: str  # short, for tables
+    default: str
+    variants: dict[str, ModelSpec]
+
+
+_IMAGE = TensorSpec("image", 3, "RGB, float 0..1, NCHW")
+_OUT = TensorSpec("output", 3, "RGB, float 0..1 (not clamped)")
+_REG: dict[str, Family] = {}
+
+
+def _register(name: str, description: str, task: str, default: str, specs: list[ModelSpec]) -> None:
+    _REG[name] = Family(name, description, task, default, {s.variant: s for s in specs})
+
+
+# --- MIRNet-v2 (swz30/MIRNetv2) -------------------------------------------------------------------
+_MIRNETV2_FP16 = Fp16Policy(
+    keep_fp32_ops=("Softmax", "ReduceSum", "ReduceMean", "GlobalAveragePool"),
+    notes="Context-block softmax over H*W and SKFF pooling are reductions over the whole image; kept FP32.",
+)
+
+
+def _mirnetv2(variant: str, task: str, kwargs: dict | None = None, **extra) -> ModelSpec:
+    return ModelSpec(
+        family="mirnetv2", variant=variant, task=task, builder="mirnet_v2:MIRNet_v2",
+        kwargs=kwargs or {}, params=extra.pop("params", 5_858_560),
+        inputs=extra.pop("inputs", (_IMAGE,)), outputs=(_OUT,), multiple_of=4, min_size=4,
+        checkpoint=CheckpointFormat(keys=("params",), notes="{'params': state_dict}, no module. prefix"),
+        fp16=_MIRNETV2_FP16, source="swz30/MIRNetv2 basicsr/models/archs/mirnet_v2_arch.py", **extra,
+    )
+
+
+_register("mirnetv2", "MIRNet-v2: multi-scale residual restoration (denoise, RealSR, enhance, defocus)", "denoise/RealSR/enhance/defocus",
+          "real_denoising", [
+              _mirnetv2("real_denoising", "denoising (SIDD real noise)"),
+              _mirnetv2("sr_x2", "super-resolution x2 (RealSR, same-size: no upsampler)"),
+              _mirnetv2("sr_x3", "super-resolution x3 (RealSR, same-size: no upsampler)"),
+              _mirnetv2("sr_x4", "super-resolution x4 (RealSR, same-size: no upsampler)"),
+              _mirnetv2("enhancement_lol", "low-light enhancement (LOL)"),
+              _mirnetv2("enhancement_fivek", "contrast enhancement (MIT-Adobe FiveK)"),
+              _mirnetv2(
+                  "defocus_deblurring", "dual-pixel defocus deblurring (DPDD, 16-bit)",
+                  {"inp_channels": 6, "task": "defocus_deblurring"}, params=5_860_720,
+                  inputs=(TensorSpec("image", 6, "left and right dual-pixel views [L, R], /65535, NCHW"),),
+                  notes="No input-image residual; 16-bit PNGs divided by 65535.",
+              ),
+          ])
+
+# --- MIRNet v1 (swz30/MIRNet) ---------------------------------------------------------------------
+_register("mirnet", "MIRNet (v1): multi-scale residual network with DAU attention and antialias downsampling", "denoise/RealSR/enhance",
+          "base", [
+              ModelSpec(
+                  family="mirnet", variant="base",
+                  task="denoising / same-size RealSR x3,x4 / LOL / FiveK (one architecture for every release)",
+                  builder="mirnet:MIRNet", kwargs={}, params=31_787_419, inputs=(_IMAGE,), outputs=(_OUT,),
+                  multiple_of=4, min_size=4,
+                  checkpoint=CheckpointFormat(
+                      keys=("state_dict", "params"),
+                      notes="{'epoch','state_dict','optimizer'}, likely 'module.' prefix (stripped)"),
+                  fp16=Fp16Policy(keep_fp32_ops=("Softmax", "GlobalAveragePool", "ReduceMean"),
+                                  notes="SKFF softmax and attention pools kept FP32."),
+                  source="swz30/MIRNet networks/MIRNet_model.py",
+                  notes="DAUs applied twice and one PReLU shared by all DAUs (duplicated checkpoint keys).",
+              )
+          ])
+
+# --- MPRNet (swz30/MPRNet) ------------------------------------------------------------------------
+_MPR_OUTS = (
+    TensorSpec("output", 3, "stage-3 restored image (final)"),
+    TensorSpec("stage2", 3, "stage-2 image"),
+    TensorSpec("stage1", 3, "stage-1 image"),
+)
+
+
+def _mprnet(variant: str, task: str, feats: tuple[int, int, int], params: int) -> ModelSpec:
+    n_feat, unet, ors = feats
+    return ModelSpec(
+        family="mprnet", variant=variant, task=task, builder="mprnet:MPRNet",
+        kwargs={"n_feat": n_feat, "scale_unetfeats": unet, "scale_orsnetfeats": ors}, params=params,
+        inputs=(_IMAGE,), outputs=_MPR_OUTS, image_output=0, multiple_of=8, min_size=8,
+        checkpoint=CheckpointFormat(keys=("state_dict", "params"),
+                                    notes="{'epoch','state_dict','optimizer'}, likely 'module.' prefix"),
+        fp16=Fp16Policy(keep_fp32_ops=("GlobalAveragePool", "ReduceMean"),
+                        notes="Channel-attention pools kept FP32."),
+        source=f"swz30/MPRNet {variant.capitalize()}/MPRNet.py",
+        notes="Forward returns [stage3, stage2, stage1]; output 0 is the image. The official int(H/2) split "
+              "is replaced by a shape-generic form for export.",
+    )
+
+
+_register("mprnet", "MPRNet: multi-stage progressive restoration (deblur, denoise, derain)", "deblur/denoise/derain", "deblurring", [
+    _mprnet("deblurring", "motion deblurring (GoPro)", (96, 48, 32), 20_127_073),
+    _mprnet("denoising", "real denoising (SIDD)", (80, 48, 32), 15_741_025),
+    _mprnet("deraining", "deraining (Rain13K)", (40, 20, 16), 3_637_249),
+])
+
+# --- UDVD with PixelConv (reference re-implementation, ../shared/reference/udvd.md) -----------------
+_register("udvd", "UDVD: unified dynamic convolution SR for variational degradations (PixelConv)", "SR of blurry noisy", "x2", [
+    ModelSpec(
+        family="udvd", variant="x2", task="super-resolution x2 of blurred, noisy images",
+        builder="udvd:UDVD", kwargs={}, params=4_835_999,
+        inputs=(_IMAGE,
+                TensorSpec("kernel", 15, "PCA code of the blur kernel (SRMD-style), constant per pixel"),
+                TensorSpec("noise", 1, "noise level map (sigma / 255)")),
+        outputs=(TensorSpec("output1", 3, "UpDyConv output"), TensorSpec("output2", 3, "ComDyConv1 output"),
+                 TensorSpec("output", 3, "final image (ComDyConv2)")),
+        image_output=2, scale=2,
+        checkpoint=CheckpointFormat(keys=("params", "state_dict"), notes="no official weights exist"),
+        fp16=Fp16Policy(notes="PixelConv accumulates k*k products; checked by measurement."),
+        source="reference re-implementation of arXiv 2004.06965 (../shared/reference/udvd.md)",
+    )
+])
+
+# --- VapSR (zhoumumu/VapSR) -----------------------------------------------------------------------
+_VAPSR_CKPT = CheckpointFormat(keys=("params_ema", "params"), notes="{'params','params_ema'}; params_ema used")
+_VAPSR_FP16 = Fp16Policy(keep_fp32_ops=("LayerNormalization", "ReduceMean", "Pow", "Sqrt"),
+                         notes="LayerNorm over channels kept FP32 (known FP16 drift in TensorRT).")
+
+
+def _vapsr(variant: str, scale: int, feat: int, blocks: int, params: int, groups: int = 1) -> ModelSpec:
+    return ModelSpec(
+        family="vapsr", variant=variant, task=f"super-resolution x{scale}", builder="vapsr:vapsr",
+        kwargs={"scale": scale, "num_feat": feat, "num_block": blocks, "d_atten": 64, "conv_groups": groups},
+        params=params, inputs=(_IMAGE,), outputs=(_OUT,), scale=scale, checkpoint=_VAPSR_CKPT,
+        fp16=_VAPSR_FP16, source="zhoumumu/VapSR code/vapsr.py",
+    )
+
+
+_register("vapsr", "VapSR: vast-receptive-field pixel attention super-resolution", "SR", "x4", [
+    _vapsr("x2", 2, 48, 20, 329_236),
+    _vapsr("x3", 3, 48, 20, 336_811),
+    _vapsr("x4", 4, 48, 21, 342_220),
+    _vapsr("s_x4", 4, 32, 11, 154_956, groups=2),
+])
+
+# --- EDSR (BasicSR layout; original EDSR-PyTorch files remapped) ------------------------------------
+_X255_FP16 = Fp16Policy(notes="Features live in the 0..255 range (mean shift x255); checked for overflow.")
+
+
+def _edsr(size: str, scale: int, params: int) -> ModelSpec:
+    feat, blocks, res = (64, 16, 1.0) if size == "m" else (256, 32, 0.1)
+    return ModelSpec(
+        family="edsr", variant=f"{size}_x{scale}",
+        task=f"super-resolution x{scale} ({'baseline' if size == 'm' else 'large'})",
+        builder="edsr:EDSR",
+        kwargs={"num_feat": feat, "num_block": blocks, "upscale": scale, "res_scale": res},
+        params=params, inputs=(_IMAGE,), outputs=(_OUT,), scale=scale,
+        checkpoint=CheckpointFormat(keys=("params", "params_ema"), legacy=("edsr-pytorch",),
+                                    notes="BasicSR {'params'}; original EDSR-PyTorch flat dicts remapped"),
+        fp16=_X255_FP16, source="XPixelGroup/BasicSR basicsr/archs/edsr_arch.py",
+    )
+
+
+_register("edsr", "EDSR: enhanced deep residual super-resolution (baseline M and large L)", "SR", "m_x4", [
+    _edsr("m", 2, 1_369_859), _edsr("m", 3, 1_554_499), _edsr("m", 4, 1_517_571),
+    _edsr("l", 2, 40_729_603), _edsr("l", 3, 43_680_003), _edsr("l", 4, 43_089_923),
+])
+
+# --- RCAN (BasicSR layout; original yulunzhang/RCAN files remapped) ---------------------------------
+
+
+def _rcan(scale: int, params: int) -> ModelSpec:
+    return ModelSpec(
+        family="rcan", variant=f"x{scale}", task=f"super-resolution x{scale}", builder="rcan:RCAN",
+        kwargs={"num_block": 20, "num_group": 10, "upscale": scale}, params=params,
+        inputs=(_IMAGE,), outputs=(_OUT,), scale=scale,
+        checkpoint=CheckpointFormat(keys=("params", "params_ema"), legacy=("rcan",),
+                                    notes="BasicSR {'params'}; original RCAN .pt flat dicts remapped"),
+        fp16=Fp16Policy(keep_fp32_ops=("GlobalAveragePool", "ReduceMean"),
+                        notes="Features in the 0..255 range; channel-attention pools kept FP32."),
+        source="XPixelGroup/BasicSR basicsr/archs/rcan_arch.py (10 groups x 20 RCAB, the published model)",
+    )
+
+
+_register("rcan", "RCAN: residual channel attention super-resolution", "SR", "x4",
+          [_rcan(2, 15_444_643), _rcan(3, 15_629_283), _rcan(4, 15_592_355), _rcan(8, 15_740_067)])
+
+# --- SRResNet (BasicSR MSRResNet) ------------------------------------------------------------------
+
+
+def _srresnet(scale: int, params: int) -> ModelSpec:
+    return ModelSpec(
+        family="srresnet", variant=f"x{scale}", task=f"super-resolution x{scale}",
+        builder="srresnet:MSRResNet", kwargs={"upscale": scale}, params=params,
+        inputs=(_IMAGE,), outputs=(_OUT,), scale=scale,
+        checkpoint=CheckpointFormat(keys=("params", "params_ema"),
+                                    notes="BasicSR {'params', 'params_ema'}; the test config loads 'params'"),
+        source="XPixelGroup/BasicSR basicsr/archs/srresnet_arch.py",
+    )
+
+
+_register("srresnet", "SRResNet (BasicSR MSRResNet): SRGAN generator without batch norm", "SR", "x4",
+          [_srresnet(2, 1_369_859), _srresnet(3, 1_554_499), _srresnet(4, 1_517_571)])
+
+
+# --- lookup ------------------------------------------------------------------------------------------
+
+def families() -> dict[str, Family]:
+    return dict(_REG)
+
+
+def list_models() -> list[str]:
+    """Every registered ``family:variant`` name."""
+    return [s.name for fam in _REG.values() for s in fam.variants.values()]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Resolve ``family`` (default variant) or ``family:variant`` to its ModelSpec."""
+    family, _, variant = name.strip().lower().partition(":")
+    if family not in _REG:
+        raise UnknownModelError(f"unknown model '{name}'; valid models: {', '.join(_REG)} "
+                                f"(run 'deploykit list' for variants)")
+    fam = _REG[family]
+    variant = variant or fam.default
+    if variant not in fam.variants:
+        raise UnknownModelError(f"unknown variant '{variant}' of {family}; valid variants: "
+                                f"{', '.join(fam.variants)}")
+    return fam.variants[variant]
