@@ -245,5 +245,5 @@ def load_weights(model: torch.nn.Module, spec: ModelSpec, path: str | Path, *,
     if any(diff_state_dicts(_reference_shapes(spec.name), state)):
         raise CheckpointError(mismatch_message(spec, path, state))
     model.load_state_dict(state, strict=True)
-    return LoadReport(path=str(path), sha256=sha256_file(path), wrapper_key=wrapper, stripped_prefix=stripped,
-                      layout=layout, tensors=len(state), warnings=notes)
+    return LoadReport(path=str(Path(path).resolve()), sha256=sha256_file(path), wrapper_key=wrapper,
+                      stripped_prefix=stripped, layout=layout, tensors=len(state), warnings=notes)

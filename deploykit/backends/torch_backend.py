@@ -1,0 +1,39 @@
+"""PyTorch eager runner: the FP32 reference every other backend is judged against."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from deploykit.backends.base import Backend
+
+
+def as_output_list(result) -> list[torch.Tensor]:
+    """Models return a tensor, a tuple (UDVD) or a list (MPRNet); normalise to a list."""
+    return list(result) if isinstance(result, (list, tuple)) else [result]
+
+
+class TorchBackend(Backend):
+    """Runs an ``nn.Module`` with named inputs in the zoo's order; outputs named as the spec says."""
+
+    def __init__(self, module: torch.nn.Module, input_names: list[str], output_names: list[str], *,
+                 device: str = "cpu", precision: str = "fp32", name: str = "torch"):
+        self.module = module.eval().to(device)
+        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.module = self.module.to(self._dtype)
+        self._inputs, self._outputs = list(input_names), list(output_names)
+        self.name, self.device, self.precision = name, device, precision
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._outputs
+
+    @torch.inference_mode()
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device, self._dtype) for n in self._inputs]
+        outs = as_output_list(self.module(*args))
+        return {n: o.float().cpu().numpy() for n, o in zip(self._outputs, outs)}

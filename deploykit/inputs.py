@@ -1,0 +1,39 @@
+"""Test inputs that respect a model's contract: random images (never zeros) and UDVD's degradation maps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deploykit.zoo import ModelSpec
+
+Shape = tuple[int, int, int]  # (batch, height, width)
+
+
+def random_inputs(spec: ModelSpec, shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+    """Named float32 inputs: uniform images in the value range, smooth-ish per-pixel maps for extra inputs."""
+    batch, height, width = shape
+    rng = np.random.default_rng(seed)
+    low, high = spec.value_range
+    feed = {}
+    for k, tensor in enumerate(spec.inputs):
+        dims = (batch, tensor.channels, height, width)
+        if k == 0:
+            feed[tensor.name] = rng.uniform(low, high, dims).astype(np.float32)
+        elif tensor.name == "noise":
+            # a noise-level map: one sigma per image (sigma/255 in [0, 50/255]) plus small spatial variation
+            level = rng.uniform(0.0, 50.0 / 255.0, (batch, 1, 1, 1))
+            feed[tensor.name] = (level + rng.normal(0, 0.01, dims)).astype(np.float32)
+        else:
+            # a PCA kernel code: constant per image, as SRMD/UDVD stretch it over the LR grid
+            code = rng.normal(0.0, 1.0, (batch, tensor.channels, 1, 1))
+            feed[tensor.name] = np.broadcast_to(code, dims).astype(np.float32).copy()
+    return feed
+
+
+def parity_shapes(spec: ModelSpec, base: int = 32) -> tuple[Shape, list[Shape]]:
+    """(export example, parity shapes): batch 2 non-square example; parity shapes differ from it in N, H, W."""
+    step = max(spec.multiple_of, 8)
+    h = spec.valid_size(base)
+    example = (2, h, h + 2 * step)
+    checks = [(1, h + step, h + 3 * step), (2, h + 2 * step, h + 2 * step)]
+    return example, checks
