@@ -40,3 +40,16 @@ class ArtifactError(DeployKitError):
 
 class BackendUnavailableError(DeployKitError):
     """A runtime (TensorRT, a CUDA provider) that is not installed or has no device on this machine."""
+
+
+class EngineError(DeployKitError):
+    """A TensorRT engine that cannot be planned, built, loaded or trusted (profile, build, identity)."""
+
+
+class EngineMismatchError(EngineError):
+    """An engine built for another TensorRT version, GPU compute capability or ONNX file than the one at hand."""
+
+
+class InputError(DeployKitError):
+    """An input that `infer` cannot use: an unreadable, corrupt or unsupported image file, an output that cannot be
+    written, or inference options that do not fit the model (degradation spec, dual-pixel pair, tile size)."""
