@@ -19,8 +19,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 # commands that live next to their library module register themselves here
-from deploykit import cli_trt  # noqa: E402
+from deploykit import cli_infer, cli_trt  # noqa: E402
 
+cli_infer.register(app)
 cli_trt.register(app)
 
 
