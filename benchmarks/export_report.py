@@ -37,15 +37,15 @@ def main() -> int:
                 m = result.manifest
                 fp32 = [p for p in m["parity"] if p["precision"] == "fp32"]
                 fp16 = [p for p in m["parity"] if p["precision"] == "fp16"]
-                half = m.get("fp16", {}).get("torch_half_cpu", [])
+                half = m.get("fp16", {}).get("torch_fp16_emulation", [])
                 row = {
                     "model": name, "exporter": m["export"]["exporter"], "asked": exporter,
                     "opset": m["export"]["opset"], "nodes_before": m["simplify"]["nodes_before"],
                     "nodes_after": m["simplify"]["nodes_after"], "simplified": m["simplify"]["applied"],
                     "fp32_max_abs": [p["max_abs"] for p in fp32], "shapes": [p["shape"] for p in fp32],
                     "fp16_ort_psnr": min(p["psnr_db"] for p in fp16) if fp16 else None,
-                    "fp16_torch_half_psnr": min(p["psnr_db"] for p in half) if half else None,
-                    "fp16_torch_half_nonfinite": sum(p["nonfinite"] for p in half) if half else None,
+                    "fp16_torch_emulation_psnr": min(p["psnr_db"] for p in half) if half else None,
+                    "fp16_torch_emulation_nonfinite": sum(p["nonfinite"] for p in half) if half else None,
                     "fp32_kept_nodes": next((a.get("fp32_node_count") for a in m["artifacts"]
                                              if a["precision"] == "fp16"), None),
                     "attempts": m["export"]["attempts"],

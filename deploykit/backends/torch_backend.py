@@ -17,9 +17,11 @@ class TorchBackend(Backend):
     """Runs an ``nn.Module`` with named inputs in the zoo's order; outputs named as the spec says."""
 
     def __init__(self, module: torch.nn.Module, input_names: list[str], output_names: list[str], *,
-                 device: str = "cpu", precision: str = "fp32", name: str = "torch"):
+                 device: str = "cpu", precision: str = "fp32", name: str = "torch",
+                 compute_dtype: torch.dtype | None = None):
+        """``compute_dtype`` overrides the dtype implied by ``precision`` (FP16 emulated in float32 on CPU)."""
         self.module = module.eval().to(device)
-        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self._dtype = compute_dtype or (torch.float16 if precision == "fp16" else torch.float32)
         self.module = self.module.to(self._dtype)
         self._inputs, self._outputs = list(input_names), list(output_names)
         self.name, self.device, self.precision = name, device, precision
