@@ -19,10 +19,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 # commands that live next to their library module register themselves here
-from deploykit import cli_infer, cli_trt  # noqa: E402
+from deploykit import cli_cpp, cli_infer, cli_trt  # noqa: E402
 
 cli_infer.register(app)
 cli_trt.register(app)
+cli_cpp.register(app)
 
 
 def _fmt_params(n: int) -> str:
@@ -131,6 +132,9 @@ def export_cmd(
     unsafe_pickle: Annotated[bool, typer.Option(help="allow pickled code in --weights (only for trusted files)")] = False,
     trt: Annotated[bool, typer.Option("--trt/--no-trt", help="also build a TensorRT engine (needs TensorRT + GPU)")] = False,
     trt_res: Annotated[Optional[str], typer.Option(help="engine resolutions for --trt, e.g. 512,1024,2048")] = None,
+    aoti: Annotated[bool, typer.Option("--aoti/--no-aoti",
+                                       help="also compile an AOTInductor package for the C++ runner")] = False,
+    aoti_device: Annotated[str, typer.Option(help="--aoti package device: auto, cpu or cuda")] = "auto",
 ) -> None:
     """Export to ONNX (FP32 + FP16), simplify, prove parity against PyTorch, write the manifest."""
     from deploykit.export_pipeline import export
@@ -140,7 +144,8 @@ def export_cmd(
                       f"(seed {seed}); the graph is real, its outputs are not meaningful images.")
     result = export(name, weights=weights, out=out, opset=opset, static=static, fp16=fp16, simplify_graph=simplify,
                     simplifier=simplifier, exporter=exporter, forms=form, seed=seed, unsafe_pickle=unsafe_pickle,
-                    trt={"precision": "fp16", "res": trt_res} if trt else None, on_step=_print_step)
+                    trt={"precision": "fp16", "res": trt_res} if trt else None,
+                    aoti=aoti_device if aoti else False, on_step=_print_step)
     m = result.manifest
     files = Table(title=f"{result.spec.name} -> {result.out_dir}")
     for col in ("file", "precision", "size", "nodes", "sha256"):

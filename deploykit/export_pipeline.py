@@ -103,7 +103,7 @@ def export(name: str, *, weights: str | Path | None = None, out: str | Path = "e
            opset: int = DEFAULT_OPSET, static: str | tuple[int, int] | None = None, fp16: bool = True,
            simplify_graph: bool = True, simplifier: str = "onnxslim", exporter: str = "auto",
            forms: list[str] | dict[str, str] | None = None, seed: int = DEFAULT_SEED,
-           unsafe_pickle: bool = False, trt: dict | None = None,
+           unsafe_pickle: bool = False, trt: dict | None = None, aoti: bool | str = False,
            on_step: StepCallback | None = None) -> ExportResult:
     """Export a zoo model to verified ONNX artifacts + manifest under ``out/<family>/<variant>/``."""
     spec = get_spec(name)
@@ -261,6 +261,12 @@ def export(name: str, *, weights: str | Path | None = None, out: str | Path = "e
         files = stage.publish([f for a in artifacts for f in (a["file"], a.get("external_data")) if f]
                               + [MANIFEST_NAME])
     result = ExportResult(spec, out_dir, manifest, files, steps.records)
+    if aoti:  # AOTInductor package for aoti_run (docs/cpp.md); a failure raises, the ONNX artifacts stay published
+        from deploykit.aoti import export_aoti
+
+        export_aoti(result, device="auto" if aoti is True else str(aoti), on_step=on_step,
+                    unsafe_pickle=unsafe_pickle)  # refreshes result.manifest
+        steps.records.extend(s for s in result.manifest["steps"] if s["step"].startswith("aoti "))
     if trt is not None:  # optional engine build: a missing TensorRT/GPU is a skipped step, not a failure
         from deploykit.manifest import read_manifest
         from deploykit.trt_build import maybe_build_after_export
