@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 import onnx
+import torch
 
 from deploykit.errors import ExportError
 from deploykit.zoo import Fp16Policy
@@ -57,7 +58,7 @@ class Fp16RoundingEmulation:
     Functional ops inside a module's forward are not rounded individually. Use as a context manager.
     """
 
-    def __init__(self, module: "torch.nn.Module"):
+    def __init__(self, module: torch.nn.Module):
         import copy
 
         self.module = copy.deepcopy(module).eval()
@@ -68,8 +69,6 @@ class Fp16RoundingEmulation:
 
     @staticmethod
     def _round(_module, _inputs, output):
-        import torch
-
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             return output.half().float()
         return output

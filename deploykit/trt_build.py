@@ -20,14 +20,13 @@ inside the functions that talk to them, so importing this module never needs a G
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploykit.artifacts import write_bytes_atomic
 from deploykit.errors import BackendUnavailableError, EngineError, ShapeContractError
 from deploykit.zoo import ModelSpec
 
@@ -399,21 +398,6 @@ def validate_build_options(workspace_gb: float | None, opt_level: int | None) ->
     if workspace_gb <= 0:
         raise EngineError(f"--workspace must be a positive number of GB, not {workspace_gb:g}")
     return int(workspace_gb * (1 << 30)), level
-
-
-def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Temp file in the same directory, fsync, rename: a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- environment: TensorRT and the GPU (lazy imports) ---------------------------------------------------------------

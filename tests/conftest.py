@@ -23,3 +23,24 @@ def vapsr_x4_weights() -> Path:
     if not VAPSR_X4.exists():
         pytest.skip(f"official VapSR x4 checkpoint not found at {VAPSR_X4} (../shared is absent)")
     return VAPSR_X4
+
+
+@pytest.fixture
+def cli_run(monkeypatch, capsys):
+    """Run ``deploykit ARGS…`` through cli.main (one-line errors, exit codes) -> (exit code, stdout, stderr)."""
+    import sys
+
+    from deploykit import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["deploykit", *args])
+        monkeypatch.setattr(cli.console, "width", 200)
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from deploykit import cli
 
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["deploykit", *args])
-    monkeypatch.setattr(cli.console, "width", 200)
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_list_shows_all_families_and_variants(monkeypatch, capsys):
-    code, out, _ = run(monkeypatch, capsys, "list")
+def test_list_shows_all_families_and_variants(cli_run):
+    code, out, _ = cli_run("list")
     assert code == 0
     assert "8 families, 29 variants" in out
     for family in ("mirnetv2", "mirnet", "mprnet", "udvd", "vapsr", "edsr", "rcan", "srresnet"):
@@ -30,8 +14,8 @@ def test_list_shows_all_families_and_variants(monkeypatch, capsys):
     assert "real_denoising*" in out and "s_x4" in out
 
 
-def test_info_shows_contract_and_outputs(monkeypatch, capsys):
-    code, out, _ = run(monkeypatch, capsys, "info", "mprnet:denoising")
+def test_info_shows_contract_and_outputs(cli_run):
+    code, out, _ = cli_run("info", "mprnet:denoising")
     assert code == 0
     assert "15,741,025" in out and "multiple_of 8" in out and "[stage3, stage2, stage1]" in out
 
@@ -42,8 +26,8 @@ def test_info_shows_contract_and_outputs(monkeypatch, capsys):
     (("export", "vapsr:s_x4", "--weights", "/nonexistent/w.pth", "--no-fp16"), "weights file not found"),
     (("export", "vapsr:s_x4", "--form", "pixelconv=fft"), "pixelconv takes one of shift, unfold"),
 ])
-def test_errors_are_one_line_with_nonzero_exit(monkeypatch, capsys, args, message):
-    code, out, err = run(monkeypatch, capsys, *args)
+def test_errors_are_one_line_with_nonzero_exit(cli_run, args, message):
+    code, out, err = cli_run(*args)
     assert code == 2
     assert message in err
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -51,50 +35,50 @@ def test_errors_are_one_line_with_nonzero_exit(monkeypatch, capsys, args, messag
     assert "Traceback" not in out + err
 
 
-def test_unwritable_out_dir(monkeypatch, capsys, tmp_path):
+def test_unwritable_out_dir(cli_run, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, _, err = run(monkeypatch, capsys, "export", "srresnet:x2", "--out", str(blocker), "--no-fp16")
+    code, _, err = cli_run("export", "srresnet:x2", "--out", str(blocker), "--no-fp16")
     assert code == 2 and "cannot create output directory" in err and len(err.strip().splitlines()) == 1
 
 
-def test_corrupt_weights_file(monkeypatch, capsys, tmp_path):
+def test_corrupt_weights_file(cli_run, tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage" * 100)
-    code, _, err = run(monkeypatch, capsys, "export", "vapsr:s_x4", "--weights", str(bad), "--out", str(tmp_path))
+    code, _, err = cli_run("export", "vapsr:s_x4", "--weights", str(bad), "--out", str(tmp_path))
     assert code == 2 and "cannot read" in err
     assert not (tmp_path / "vapsr").exists() or not any((tmp_path / "vapsr").rglob("*.onnx"))
 
 
-def test_export_then_parity_cli(monkeypatch, capsys, tmp_path):
-    code, out, _ = run(monkeypatch, capsys, "export", "srresnet:x2", "--out", str(tmp_path), "--no-fp16")
+def test_export_then_parity_cli(cli_run, tmp_path):
+    code, out, _ = cli_run("export", "srresnet:x2", "--out", str(tmp_path), "--no-fp16")
     assert code == 0
     assert "RANDOM INIT" in out or "random initialisation" in out
     assert "srresnet_x2.fp32.onnx" in out and "pass" in out
-    code, out, _ = run(monkeypatch, capsys, "parity", str(tmp_path / "srresnet" / "x2"))
+    code, out, _ = cli_run("parity", str(tmp_path / "srresnet" / "x2"))
     assert code == 0 and "pass" in out and "FAIL" not in out
 
 
-def test_parity_on_missing_dir(monkeypatch, capsys, tmp_path):
-    code, _, err = run(monkeypatch, capsys, "parity", str(tmp_path))
+def test_parity_on_missing_dir(cli_run, tmp_path):
+    code, _, err = cli_run("parity", str(tmp_path))
     assert code == 2 and "no manifest" in err
 
 
-def test_export_trt_without_tensorrt_is_a_skipped_step(monkeypatch, capsys, tmp_path):
+def test_export_trt_without_tensorrt_is_a_skipped_step(cli_run, tmp_path):
     from deploykit.trt_build import tensorrt_unavailable_reason
 
     if tensorrt_unavailable_reason(0) is None:
         pytest.skip("TensorRT and a GPU are present: the build really runs here")
-    code, out, err = run(monkeypatch, capsys, "export", "srresnet:x2", "--out", str(tmp_path), "--no-fp16", "--trt")
+    code, out, err = cli_run("export", "srresnet:x2", "--out", str(tmp_path), "--no-fp16", "--trt")
     assert code == 0, err
     assert "skipped tensorrt engine" in out and "deploykit[gpu]" in out
     assert (tmp_path / "srresnet" / "x2" / "srresnet_x2.fp32.onnx").exists()
 
 
-def test_failed_parity_exits_nonzero(monkeypatch, capsys, tmp_path):
+def test_failed_parity_exits_nonzero(cli_run, monkeypatch, tmp_path):
     import deploykit.reparity as reparity
 
-    code, _, _ = run(monkeypatch, capsys, "export", "srresnet:x2", "--out", str(tmp_path), "--no-fp16")
+    code, _, _ = cli_run("export", "srresnet:x2", "--out", str(tmp_path), "--no-fp16")
     assert code == 0
     real = reparity.check_parity
 
@@ -105,5 +89,5 @@ def test_failed_parity_exits_nonzero(monkeypatch, capsys, tmp_path):
         return records
 
     monkeypatch.setattr(reparity, "check_parity", worse)
-    code, _, err = run(monkeypatch, capsys, "parity", str(tmp_path / "srresnet" / "x2"))
+    code, _, err = cli_run("parity", str(tmp_path / "srresnet" / "x2"))
     assert code == 1 and "parity failed" in err

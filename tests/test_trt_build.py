@@ -447,24 +447,17 @@ def no_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
 
 
-def _run_cli(monkeypatch, capsys, *args):
+def _run_cli(cli_run, *args):
     from deploykit import cli, cli_trt
 
     cli_trt.register(cli.app)
     cli_trt.register(cli.app)  # idempotent
     assert sum(getattr(c, "name", None) == "build" for c in cli.app.registered_commands) == 1
-    monkeypatch.setattr(sys, "argv", ["deploykit", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_run(*args)
 
 
-def test_build_without_tensorrt_is_one_line_with_the_install_hint(monkeypatch, capsys, no_tensorrt):
-    code, out, err = _run_cli(monkeypatch, capsys, "build", "vapsr:s_x4", "--res", "256,512")
+def test_build_without_tensorrt_is_one_line_with_the_install_hint(cli_run, no_tensorrt):
+    code, out, err = _run_cli(cli_run, "build", "vapsr:s_x4", "--res", "256,512")
     assert code != 0
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
@@ -472,8 +465,8 @@ def test_build_without_tensorrt_is_one_line_with_the_install_hint(monkeypatch, c
     assert "Traceback" not in out + err
 
 
-def test_build_bad_profile_fails_first_in_one_line(monkeypatch, capsys):
-    code, _, err = _run_cli(monkeypatch, capsys, "build", "mprnet", "--res", "1001")
+def test_build_bad_profile_fails_first_in_one_line(cli_run):
+    code, _, err = _run_cli(cli_run, "build", "mprnet", "--res", "1001")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "multiple of 8" in err
 
 
