@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from deploykit.backends.base import Backend
+from deploykit.chop import chop_settings, forward_chop
 from deploykit.degradation import Blur, degradation_maps, parse_blur
 from deploykit.errors import ArtifactError, BackendUnavailableError, DeployKitError, InputError
 from deploykit.images import FORMATS, SUFFIX, Picture, read_image, resize_plane, write_image
@@ -386,6 +387,14 @@ class Restorer:
         """(output [1, C, sH, sW], plan description, tile count) for one image feed."""
         image = feed[self.spec.inputs[0].name]
         h, w = image.shape[2:]
+        chop = chop_settings(self.spec)
+        if chop is not None and self.settings.tile == "auto":
+            # PANet: the published protocol is the official recursive chop, not blended tiles (docs/panet.md)
+            out = forward_chop(lambda x: self._run({**feed, self.spec.inputs[0].name: x}), image, scale=chop.scale,
+                               shave=chop.shave, min_size=chop.min_size)
+            if on_start:
+                on_start(1)
+            return out, f"official chop (shave {chop.shave}, min size {chop.min_size})", 1
         tile = self.tile_for(h, w)
         overlap = self.settings.overlap if tile is not None else 0
         plan = plan_tiles(h, w, self.contract, tile, overlap)

@@ -69,6 +69,8 @@ class ModelSpec:
     exporters: tuple[str, ...] = ("dynamo", "legacy")  # preference; the first that passes the checks wins
     source: str = ""
     notes: str = ""
+    tile: int | None = None  # largest square input side the export is sized for (PANet: memory ~ (H*W)^2)
+    chop: dict[str, int] | None = None  # official recursive chop {"shave", "min_size"} (deploykit.chop)
 
     @property
     def name(self) -> str:
@@ -335,3 +337,58 @@ def get_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown variant '{variant}' of {family}; valid variants: "
                                 f"{', '.join(fam.variants)}")
     return fam.variants[variant]
+
+
+# --- PANet: PANET and PA-EDSR (SHI-Labs/Pyramid-Attention-Networks) ---------------------------------------
+# Pyramid attention makes memory grow with (H*W)^2: the export is dynamic in H/W but sized for tiles of at most
+# `tile` x `tile` (docs/panet.md), and the official results come from the recursive chop (deploykit.chop).
+_PA_FP16 = Fp16Policy(
+    keep_fp32_ops=("Pow", "ReduceSum", "Sqrt", "Max", "Div", "MatMul", "Softmax"),
+    notes="Attention core (key norms, scores, softmax over ~3.3*H*W patches, reconstruction) kept FP32: a score "
+          "error d shifts the softmax weights by ~10*d.")
+_PA_CKPT = CheckpointFormat(keys=(), notes="flat state_dict from Model.save (no wrapper, no module. prefix); "
+                                           "Google Drive only")
+_PA_TILE = 112
+_PA_TREES = {"dn": "DN_RGB", "car": "CAR", "demosaic": "Demosaic"}
+_PA_NOTES = ("Attention memory ~ 3.3*(H*W)^2 floats per image: run tiles of at most {tile}x{tile} (export "
+             "contract); the official numbers use forward_chop (shave 10, min_size {min_size}).")
+
+
+def _panet(variant: str, task: str, colors: int, params: int, min_size: int, image: TensorSpec = _IMAGE,
+           out: TensorSpec = _OUT) -> ModelSpec:
+    return ModelSpec(
+        family="panet", variant=variant, task=task, builder="panet:PANET",
+        kwargs={"n_resblocks": 80, "n_feats": 64, "n_colors": colors, "rgb_range": 1, "res_scale": 1},
+        params=params, inputs=(image,), outputs=(out,), min_size=2, checkpoint=_PA_CKPT, fp16=_PA_FP16,
+        exporters=("legacy",), tile=_PA_TILE, chop={"shave": 10, "min_size": min_size},
+        source=f"SHI-Labs/Pyramid-Attention-Networks {_PA_TREES[variant]}/code/model/panet.py",
+        notes=_PA_NOTES.format(tile=_PA_TILE, min_size=min_size) + " sub_mean/add_mean are in the state_dict but "
+              "unused; one PReLU shared by the 80 ResBlocks.",
+    )
+
+
+_register("panet", "PANet: pyramid (non-local, multi-scale) attention restoration network", "denoise/CAR/demosaic",
+          "dn", [
+              _panet("dn", "colour denoising (sigma 10/30/50/70)", 3, 5_957_279, 6800),
+              _panet("car", "JPEG compression artifact removal (q 10/20/30/40) on the Y channel", 1, 5_954_973, 6400,
+                     image=TensorSpec("image", 1, "Y (skimage rgb2ycbcr, 16..235)/255, float 0..1, NCHW"),
+                     out=TensorSpec("output", 1, "Y, float 0..1 (not clamped)")),
+              _panet("demosaic", "demosaicing (mosaicked RGB input as the official test files)", 3, 5_957_279, 6400),
+          ])
+
+
+def _paedsr(scale: int, params: int) -> ModelSpec:
+    return ModelSpec(
+        family="paedsr", variant=f"x{scale}", task=f"super-resolution x{scale}", builder="panet:PAEDSR",
+        kwargs={"scale": scale, "n_resblocks": 32, "n_feats": 256, "n_colors": 3, "rgb_range": 1,
+                "res_scale": 0.1},
+        params=params, inputs=(_IMAGE,), outputs=(_OUT,), scale=scale, min_size=2, checkpoint=_PA_CKPT,
+        fp16=_PA_FP16, exporters=("legacy",), tile=_PA_TILE, chop={"shave": 10, "min_size": 6400},
+        source="SHI-Labs/Pyramid-Attention-Networks SR/code/model/paedsr.py",
+        notes=_PA_NOTES.format(tile=_PA_TILE, min_size=6400) + " Attention stored twice (msa.* and body.16.*); "
+              "upsampler convs at stride 1 (upstream passes stride=True).",
+    )
+
+
+_register("paedsr", "PA-EDSR: EDSR-L with pyramid attention (super-resolution)", "SR", "x2",
+          [_paedsr(2, 40_811_870), _paedsr(3, 43_762_270), _paedsr(4, 43_172_190)])

@@ -8,8 +8,8 @@ import pytest
 def test_list_shows_all_families_and_variants(cli_run):
     code, out, _ = cli_run("list")
     assert code == 0
-    assert "8 families, 29 variants" in out
-    for family in ("mirnetv2", "mirnet", "mprnet", "udvd", "vapsr", "edsr", "rcan", "srresnet"):
+    assert "10 families, 35 variants" in out
+    for family in ("mirnetv2", "mirnet", "mprnet", "udvd", "vapsr", "edsr", "rcan", "srresnet", "panet", "paedsr"):
         assert f"│ {family} " in out
     assert "real_denoising*" in out and "s_x4" in out
 

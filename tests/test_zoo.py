@@ -13,9 +13,12 @@ from deploykit.zoo import families, get_spec, list_models
 ALL = list_models()
 
 
-def test_registry_has_8_families_and_29_variants():
-    assert len(families()) == 8
-    assert len(ALL) == 29
+def test_registry_has_the_issue_families_and_variants():
+    # the 8 families / 29 variants of the zoo issue, plus PANet (panet 3 + paedsr 3)
+    core = ["mirnetv2", "mirnet", "mprnet", "udvd", "vapsr", "edsr", "rcan", "srresnet"]
+    assert list(families())[:8] == core
+    assert sum(len(families()[f].variants) for f in core) == 29
+    assert list(families())[8:] == ["panet", "paedsr"] and len(ALL) == 35
     assert ALL[0] == "mirnetv2:real_denoising"
     assert deploykit.list_models() == ALL
 
