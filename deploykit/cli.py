@@ -19,9 +19,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 # commands that live next to their library module register themselves here
-from deploykit import cli_cpp, cli_infer, cli_triton, cli_trt  # noqa: E402
+from deploykit import cli_bench, cli_cpp, cli_infer, cli_triton, cli_trt  # noqa: E402
 
 cli_infer.register(app)
+cli_bench.register(app)
 cli_trt.register(app)
 cli_cpp.register(app)
 cli_triton.register(app)
