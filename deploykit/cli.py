@@ -15,7 +15,8 @@ from deploykit.errors import DeployKitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export PyTorch image-restoration models to ONNX / TensorRT with proven parity.")
-console = Console()
+# piped output (CI logs) gets 120 columns instead of rich's 80 so tables keep their figures readable
+console = Console() if sys.stdout.isatty() else Console(width=120)
 err_console = Console(stderr=True)
 
 # commands that live next to their library module register themselves here
