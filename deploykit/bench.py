@@ -313,7 +313,7 @@ class RssMeter:
         self._thread: threading.Thread | None = None
         self.method = "VmHWM"
 
-    def start(self) -> "RssMeter":
+    def start(self) -> RssMeter:
         release_memory()
         self.before = _status_bytes("VmRSS") or 0
         try:
@@ -487,9 +487,9 @@ def backend_unavailable_reason(kind: str) -> str | None:
             reason = "deploykit has no TensorRT support in this install"
         if reason:
             return reason if INSTALL_HINT in reason else f"{reason}; install it with {INSTALL_HINT}"
-        try:
-            import deploykit.backends.tensorrt  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("deploykit.backends.tensorrt") is None:
             return f"the TensorRT backend is not available in this install ({INSTALL_HINT})"
         return None
     return f"unknown backend '{kind}'"
@@ -1158,6 +1158,82 @@ def _contract_skip(case: Case, event: Event) -> BenchRecord | None:
     return None
 
 
+@dataclass
+class _Work:
+    """What one case runs: the shape of one backend call, images per timed run, calls batched, output bytes held."""
+
+    hw: Size
+    images: int
+    run_batch: int
+    held_bytes: int
+
+
+def _plan_work(case: Case, state: _ModelState, settings: BenchSettings, record: BenchRecord) -> _Work:
+    """Tiling plan (with --tile) and FLOPs per image, written into the record."""
+    spec, (h, w) = state.spec, case.hw
+    work = _Work((h, w), case.batch, case.batch, 0)
+    if settings.tile:
+        from deploykit.tiling import plan_tiles
+
+        plan = plan_tiles(h, w, spec, settings.tile, settings.overlap)
+        work.hw, work.images = tuple(plan.tile_shape), 1
+        record.batch = 1
+        record.tile = {"tile": settings.tile, "overlap": settings.overlap, "tiles": plan.count,
+                       "tile_hw": list(plan.tile_shape), "tiles_per_run": case.batch,
+                       "tile_runs": math.ceil(plan.count / case.batch), "plan": plan.describe()}
+        tile_flops, record.flops_method = state.flops_at(work.hw)
+        record.flops_per_image = tile_flops * plan.count
+        record.flops_method += f"; {plan.count} tiles incl. overlap"
+    else:
+        record.flops_per_image, record.flops_method = state.flops_at((h, w))
+    out_h, out_w = record.output_hw
+    work.held_bytes = 4 * spec.out_channels * out_h * out_w * work.images  # output kept for parity / tile canvas
+    return work
+
+
+def _memory_guard(case: Case, state: _ModelState, settings: BenchSettings, device: str, work: _Work,
+                  record: BenchRecord, event: Event, label: str) -> MemoryGuard | None:
+    """The guard's verdict for the case (host memory; plus device memory for CUDA backends).
+
+    Returns None when the case already ended (its probe failed or the backend is unavailable)."""
+    spec, (h, w) = state.spec, case.hw
+    trace = state.trace(work.hw, work.run_batch, "fp32")
+    guard = check_memory(trace.peak_bytes, pool="host", spec=spec, batch=work.run_batch,
+                         extra_bytes=2 * work.held_bytes,
+                         factor=HOST_FACTORS.get(case.backend, max(HOST_FACTORS.values())),
+                         trace_at=state.trace_at(work.run_batch))
+    record.memory = {"estimate_bytes": guard.estimate_bytes, "available_bytes": guard.available_bytes,
+                     "reserve_bytes": guard.reserve_bytes, "trace_peak_bytes": trace.peak_bytes,
+                     "guard_factor": guard.factor}
+    on_gpu = case.backend in ("ort-cuda", "trt") or (device == "cuda" and case.backend.startswith("torch"))
+    if on_gpu:
+        gtrace = state.trace(work.hw, work.run_batch, case.precision)
+        gpu_guard = check_memory(gtrace.peak_bytes, pool="cuda", spec=spec, batch=work.run_batch,
+                                 trace_at=state.trace_at(work.run_batch, case.precision))
+        host_bytes = 2 * work.held_bytes + 4 * sum(t.channels for t in spec.inputs) * h * w * work.images
+        guard = check_memory(0, pool="host", spec=spec, extra_bytes=host_bytes)  # host side: I/O copies only
+        record.memory.update(estimate_bytes=guard.estimate_bytes, gpu_estimate_bytes=gpu_guard.estimate_bytes,
+                             gpu_available_bytes=gpu_guard.available_bytes, gpu_trace_peak_bytes=gtrace.peak_bytes)
+        return guard if gpu_guard.fits else gpu_guard
+    if guard.fits and case.backend in PROBED_BACKENDS:
+        try:
+            cal = state.calibrate(case, settings, device, lambda m: event("export", m))
+        except BackendUnavailableError as exc:
+            record.status, record.reason = "skipped", f"backend unavailable: {exc}"
+            event("skip", f"{label}: {record.reason}")
+            return None
+        except Exception as exc:  # noqa: BLE001 (an export or probe failure ends this case, not the benchmark)
+            record.status, record.reason = "error", f"memory probe failed: {_one_line(exc)}"
+            event("error", f"{label}: {record.reason}")
+            return None
+        guard = check_memory(trace.peak_bytes, pool="host", spec=spec, batch=work.run_batch,
+                             extra_bytes=2 * work.held_bytes, factor=cal["factor"], fixed=cal["fixed_bytes"],
+                             trace_at=state.trace_at(work.run_batch))
+        record.memory.update(estimate_bytes=guard.estimate_bytes, available_bytes=guard.available_bytes,
+                             guard_factor=guard.factor, calibration=cal)
+    return guard
+
+
 def _run_case(case: Case, state: _ModelState, settings: BenchSettings, device: str, event: Event) -> BenchRecord:
     spec = state.spec
     h, w = case.hw
@@ -1165,70 +1241,20 @@ def _run_case(case: Case, state: _ModelState, settings: BenchSettings, device: s
     out_hw = record.output_hw
     label = f"{spec.name} {case.backend}/{case.precision} {fmt_wxh(case.hw)}"
     start_case = time.perf_counter()
-    # --- tiling plan and FLOPs
-    run_batch = case.batch
-    work_hw, images = (h, w), case.batch
-    if settings.tile:
-        from deploykit.tiling import plan_tiles
-
-        plan = plan_tiles(h, w, spec, settings.tile, settings.overlap)
-        work_hw = plan.tile_shape
-        images = 1
-        record.batch = 1
-        record.tile = {"tile": settings.tile, "overlap": settings.overlap, "tiles": plan.count,
-                       "tile_hw": list(plan.tile_shape), "tiles_per_run": run_batch,
-                       "tile_runs": math.ceil(plan.count / run_batch), "plan": plan.describe()}
-        tile_flops, record.flops_method = state.flops_at(work_hw)
-        flops = tile_flops * plan.count
-        record.flops_method += f"; {plan.count} tiles incl. overlap"
-    else:
-        flops, record.flops_method = state.flops_at((h, w))
-    record.flops_per_image = flops
-    # --- memory guard (host always; the CUDA pool for device backends)
-    trace = state.trace(work_hw, run_batch, "fp32")
-    held = 4 * spec.out_channels * out_hw[0] * out_hw[1] * images  # output kept for parity / canvas
-    guard = check_memory(trace.peak_bytes, pool="host", spec=spec, batch=run_batch, extra_bytes=held * 2,
-                         factor=HOST_FACTORS.get(case.backend, max(HOST_FACTORS.values())),
-                         trace_at=state.trace_at(run_batch))
-    record.memory = {"estimate_bytes": guard.estimate_bytes, "available_bytes": guard.available_bytes,
-                     "reserve_bytes": guard.reserve_bytes, "trace_peak_bytes": trace.peak_bytes,
-                     "guard_factor": guard.factor}
-    on_gpu = case.backend in ("ort-cuda", "trt") or (device == "cuda" and case.backend.startswith("torch"))
-    if on_gpu:
-        gtrace = state.trace(work_hw, run_batch, case.precision)
-        gpu_guard = check_memory(gtrace.peak_bytes, pool="cuda", spec=spec, batch=run_batch,
-                                 trace_at=state.trace_at(run_batch, case.precision))
-        host_bytes = 2 * held + 4 * sum(t.channels for t in spec.inputs) * h * w * images
-        guard = check_memory(0, pool="host", spec=spec, extra_bytes=host_bytes)  # host side: I/O copies only
-        record.memory.update(estimate_bytes=guard.estimate_bytes, gpu_estimate_bytes=gpu_guard.estimate_bytes,
-                             gpu_available_bytes=gpu_guard.available_bytes, gpu_trace_peak_bytes=gtrace.peak_bytes)
-        if not gpu_guard.fits:
-            guard = gpu_guard
-    if guard.fits and case.backend in PROBED_BACKENDS and not on_gpu:
-        try:
-            cal = state.calibrate(case, settings, device, lambda m: event("export", m))
-        except BackendUnavailableError as exc:
-            record.status, record.reason = "skipped", f"backend unavailable: {exc}"
+    work = _plan_work(case, state, settings, record)
+    guard = _memory_guard(case, state, settings, device, work, record, event, label)
+    if guard is None or not guard.fits:
+        if guard is not None:
+            record.status, record.reason = "skipped", guard.reason(fmt_wxh(case.hw))
             event("skip", f"{label}: {record.reason}")
-            return record
-        except Exception as exc:  # noqa: BLE001 (an export or probe failure ends this case, not the benchmark)
-            record.status, record.reason = "error", f"memory probe failed: {_one_line(exc)}"
-            event("error", f"{label}: {record.reason}")
-            return record
-        guard = check_memory(trace.peak_bytes, pool="host", spec=spec, batch=run_batch, extra_bytes=held * 2,
-                             factor=cal["factor"], fixed=cal["fixed_bytes"], trace_at=state.trace_at(run_batch))
-        record.memory.update(estimate_bytes=guard.estimate_bytes, available_bytes=guard.available_bytes,
-                             guard_factor=guard.factor, calibration=cal)
-    if not guard.fits:
-        record.status, record.reason = "skipped", guard.reason(fmt_wxh(case.hw))
-        event("skip", f"{label}: {record.reason}")
+        record.seconds = round(time.perf_counter() - start_case, 3)
         return record
     from deploykit.inputs import random_inputs
 
-    feed = random_inputs(spec, (images, h, w), seed=PARITY_SEED)
+    feed = random_inputs(spec, (work.images, h, w), seed=PARITY_SEED)
     backend = None
     try:
-        reference_note = _ensure_reference(case, state, feed, settings, run_batch, work_hw, held, event, label)
+        reference_note = _ensure_reference(case, state, feed, settings, work, event, label)
         try:
             backend, record.artifact = _make_backend(case, state, settings, device, lambda m: event("export", m))
         except BackendUnavailableError as exc:
@@ -1237,7 +1263,7 @@ def _run_case(case: Case, state: _ModelState, settings: BenchSettings, device: s
             return record
         record.runtime, record.device = getattr(backend, "name", case.backend), _case_device(backend)
         record.latency_includes = _latency_note(case, backend)
-        run = _run_once_fn(backend, state, feed, settings, spec, run_batch)
+        run = _run_once_fn(backend, state, feed, settings, spec, work.run_batch)
         sync = None
         if record.device.startswith("cuda"):
             import torch
@@ -1245,7 +1271,8 @@ def _run_case(case: Case, state: _ModelState, settings: BenchSettings, device: s
             sync = torch.cuda.synchronize
             torch.cuda.reset_peak_memory_stats()
         event("start", f"{label}: est. {guard.estimate_bytes / 2**30:.2f} GiB, "
-                       f"{flops / 1e12:.3g} TFLOP/image" + (f", {record.tile['plan']}" if record.tile else ""))
+                       f"{record.flops_per_image / 1e12:.3g} TFLOP/image"
+                       + (f", {record.tile['plan']}" if record.tile else ""))
         load_start = loadavg()
         meter = RssMeter().start()
         with _strict_fp32():
@@ -1253,18 +1280,8 @@ def _run_case(case: Case, state: _ModelState, settings: BenchSettings, device: s
         record.memory.update(meter.stop())
         record.loadavg = {"start": load_start, "end": loadavg()}
         if record.device.startswith("cuda"):
-            import torch
-
-            record.memory["gpu_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
-            engine = getattr(backend, "engine", None)
-            for attr in ("device_memory_size_v2", "device_memory_size"):
-                if engine is not None and hasattr(engine, attr):
-                    record.memory["engine_device_memory_bytes"] = int(getattr(engine, attr))
-                    break
-            if case.backend == "torch" and not settings.tile:
-                record.gpu_compute_ms = latency_stats(_gpu_compute_times(
-                    backend.module, feed, state.input_names, case.precision, max(1, len(timing.samples_ms))))
-        _fill_timing(record, timing, flops, images, h, w, out_hw)
+            _gpu_figures(record, backend, case, state, settings, feed, len(timing.samples_ms))
+        _fill_timing(record, timing, record.flops_per_image, work.images, h, w, out_hw)
         record.parity = _parity(case, state, timing.output, spec, label, event, reference_note)
         timing.output = None
     except DeployKitError as exc:
@@ -1292,6 +1309,22 @@ def _run_case(case: Case, state: _ModelState, settings: BenchSettings, device: s
     return record
 
 
+def _gpu_figures(record: BenchRecord, backend, case: Case, state: _ModelState, settings: BenchSettings, feed: dict,
+                 runs: int) -> None:
+    """CUDA only: allocator peak, TensorRT engine device memory, PyTorch's device-only compute time."""
+    import torch
+
+    record.memory["gpu_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    engine = getattr(backend, "engine", None)
+    for attr in ("device_memory_size_v2", "device_memory_size"):
+        if engine is not None and hasattr(engine, attr):
+            record.memory["engine_device_memory_bytes"] = int(getattr(engine, attr))
+            break
+    if case.backend == "torch" and not settings.tile:
+        record.gpu_compute_ms = latency_stats(_gpu_compute_times(backend.module, feed, state.input_names,
+                                                                 case.precision, max(1, runs)))
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, DeployKitError):
@@ -1312,8 +1345,8 @@ def _fill_timing(record: BenchRecord, timing: Timing, flops: int, images: int, h
         record.tflops = flops * images / median_s / 1e12
 
 
-def _ensure_reference(case: Case, state: _ModelState, feed: dict, settings: BenchSettings, run_batch: int,
-                      work_hw: Size, held: int, event: Event, label: str) -> str | None:
+def _ensure_reference(case: Case, state: _ModelState, feed: dict, settings: BenchSettings, work: _Work,
+                      event: Event, label: str) -> str | None:
     """Run the PyTorch FP32 reference at this size once (untimed) when no torch/fp32 case produced it.
 
     Returns why there is no reference (None when there is one)."""
@@ -1321,15 +1354,15 @@ def _ensure_reference(case: Case, state: _ModelState, feed: dict, settings: Benc
     if (case.backend == "torch" and case.precision == "fp32") or key in state.ref_outputs:
         return None
     device_is_cuda = str(state.reference.device).startswith("cuda")
-    trace = state.trace(work_hw, run_batch, "fp32")
+    trace = state.trace(work.hw, work.run_batch, "fp32")
     guard = check_memory(0 if device_is_cuda else trace.peak_bytes, pool="host", spec=state.spec,
-                         batch=run_batch, extra_bytes=2 * held, factor=HOST_FACTORS["torch"],
-                         trace_at=state.trace_at(run_batch))
+                         batch=work.run_batch, extra_bytes=2 * work.held_bytes, factor=HOST_FACTORS["torch"],
+                         trace_at=state.trace_at(work.run_batch))
     if not guard.fits:
         return "the PyTorch FP32 reference " + guard.reason(fmt_wxh(case.hw)).replace("skipped by", "was skipped by")
     start = time.perf_counter()
     with _strict_fp32():
-        output = _run_once_fn(state.reference, state, feed, settings, state.spec, run_batch)()
+        output = _run_once_fn(state.reference, state, feed, settings, state.spec, work.run_batch)()
     state.ref_outputs = {key: output}
     event("info", f"{label}: ran the PyTorch FP32 reference for parity ({time.perf_counter() - start:.1f} s, untimed)")
     return None

@@ -119,6 +119,13 @@ def csv_text(data: dict) -> str:
     return buf.getvalue()
 
 
+def _public(path: Path) -> None:
+    """mkstemp makes 0600 files; give results the usual umask-based mode (they are meant to be shared)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -246,8 +253,8 @@ def write_plot(data: dict, path: Path) -> Path | None:
         points.sort()
         color = cmap(models.index(model) % cmap.N)
         b = backends.index((backend, prec))
-        kw = dict(color=color, linestyle=styles[b % len(styles)], marker=markers[b % len(markers)],
-                  label=f"{model} · {backend}/{prec}")
+        kw = {"color": color, "linestyle": styles[b % len(styles)], "marker": markers[b % len(markers)],
+              "label": f"{model} · {backend}/{prec}"}
         ax1.plot([p[0] for p in points], [p[1] for p in points], **kw)
         ax2.plot([p[0] for p in points], [p[2] or 0 for p in points], **kw)
     sizes = sorted({(p[0], p[3]) for pts in series.values() for p in pts})
@@ -303,6 +310,8 @@ def write_all(data: dict, out_root: str | Path = "benchmarks/results", name: str
     png = write_plot(data, out / f"{stem}.png")
     if png is not None:
         paths["png"] = png
+    for path in paths.values():
+        _public(path)
     return paths
 
 

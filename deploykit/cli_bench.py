@@ -34,29 +34,29 @@ def register(app: typer.Typer) -> None:
             help="MODEL[:VARIANT] ... (default: every export under --exports)", show_default=False)] = None,
         res: Annotated[Optional[list[str]], typer.Option(
             "--res", help="input sizes: N (NxN) or WIDTHxHEIGHT, comma-separated or repeated "
-                          "[default: 256,512,1024,2048]", show_default=False)] = None,
+                          "(default: 256,512,1024,2048)", show_default=False)] = None,
         backend: Annotated[Optional[list[str]], typer.Option(
             "--backend", help="auto|torch|torch-compile|ort|ort-cuda|trt, comma-separated or repeated; auto = every "
-                              "backend available here [default: auto]", show_default=False)] = None,
+                              "backend available here (default: auto)", show_default=False)] = None,
         precision: Annotated[Optional[list[str]], typer.Option(
-            "--precision", help="fp32,fp16 [default: fp32 on CPU, fp32,fp16 with a CUDA GPU]",
+            "--precision", help="fp32,fp16 (default: fp32 on CPU, fp32,fp16 with a CUDA GPU)",
             show_default=False)] = None,
         batch: Annotated[int, typer.Option(help="images per run (with --tile: tiles per run)")] = 1,
         warmup: Annotated[int, typer.Option(help="warm-up runs (the first run is also reported on its own)")] = 2,
         iters: Annotated[Optional[int], typer.Option(help="timed runs (with --seconds: whichever ends first)")] = None,
         seconds: Annotated[Optional[float], typer.Option(
-            help="time budget for the timed runs, at least one run [default: 3 s when --iters is not given]",
+            help="time budget for the timed runs, at least one run (default: 3 s when --iters is not given)",
             show_default=False)] = None,
         tile: Annotated[Optional[int], typer.Option(help="run each image in tiles of this size (input pixels)")] = None,
         overlap: Annotated[int, typer.Option(help="tile overlap in input pixels (with --tile)")] = 32,
         threads: Annotated[Optional[int], typer.Option(
-            help="intra-op threads for PyTorch and ONNX Runtime [default: the visible CPUs]", show_default=False)] = None,
+            help="intra-op threads for PyTorch and ONNX Runtime (default: the visible CPUs)", show_default=False)] = None,
         out: Annotated[Path, typer.Option(help="results root; files go to OUT/<device-slug>/")] = Path("benchmarks/results"),
-        name: Annotated[Optional[str], typer.Option(help="file stem for the JSON/CSV/PNG [default: bench-<UTC time>]",
+        name: Annotated[Optional[str], typer.Option(help="file stem for the JSON/CSV/PNG (default: bench-<UTC time>)",
                                                     show_default=False)] = None,
         exports: Annotated[Path, typer.Option(help="where exported models are looked up")] = Path("exports"),
         cache_dir: Annotated[Optional[Path], typer.Option(
-            help="where models without an export are exported on the fly [default: ~/.cache/deploykit/bench-exports]",
+            help="where models without an export are exported on the fly (default: ~/.cache/deploykit/bench-exports)",
             show_default=False)] = None,
     ) -> None:
         """Latency x resolution x backend x precision with FLOPs, memory and parity vs PyTorch FP32 -> table, JSON,

@@ -58,7 +58,7 @@ class FlopCount:
 
     def at(self, height: int, width: int) -> int:
         """FLOPs per image at H x W (input pixels), scaled linearly from the base count."""
-        return int(round(self.flops_per_pixel * height * width))
+        return round(self.flops_per_pixel * height * width)
 
     def to_dict(self) -> dict:
         data = asdict(self)

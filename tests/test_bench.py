@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from deploykit import bench
-from deploykit.bench import BenchError, latency_stats, parse_resolution, parse_resolutions, percentile
+from deploykit.bench import (
+    BenchError,
+    latency_stats,
+    parse_resolution,
+    parse_resolutions,
+    percentile,
+)
 from deploykit.flops import count_flops, flops_of, trace_peak_bytes
 from deploykit.zoo import get_spec
 
@@ -175,7 +181,7 @@ def srresnet_export(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("exports")
     out = root / "srresnet" / "x2"
     out.mkdir(parents=True)
-    model, spec, _ = build_model("srresnet:x2")
+    model, _, _ = build_model("srresnet:x2")
     onnx_path = out / "srresnet_x2.fp32.onnx"
     torch.onnx.export(ImageOutput(model, 0), (torch.rand(1, 3, 32, 40),), str(onnx_path), dynamo=False,
                       input_names=["image"], output_names=["output"], opset_version=17,
