@@ -1,9 +1,30 @@
-"""deploykit: PyTorch image-restoration networks to ONNX, TensorRT and honest numbers."""
+"""deploykit: PyTorch image-restoration networks to ONNX, TensorRT and honest numbers.
 
-from deploykit.factory import build_model, create_model
-from deploykit.zoo import ModelSpec, get_spec, list_models
+The public names are loaded on first use, so ``import deploykit`` (and the Triton client, the C++ helpers and the
+CLI's help) do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "build_model": "deploykit.factory",
+    "create_model": "deploykit.factory",
+    "ModelSpec": "deploykit.zoo",
+    "get_spec": "deploykit.zoo",
+    "list_models": "deploykit.zoo",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deploykit' has no attribute {name!r}")
 
 
 def export(*args, **kwargs):

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploykit.artifacts import write_json_atomic
+from deploykit.artifacts import share_mode, write_json_atomic
 from deploykit.backends.base import Backend
-from deploykit.backends.torch_backend import as_output_list
+from deploykit.backends.torch_backend import run_named
 from deploykit.errors import ArtifactError, BackendUnavailableError, ExportError, ParityError
+from deploykit.factory import build_recorded_model
 from deploykit.manifest import MANIFEST_NAME, read_manifest
 from deploykit.parity import check_parity
 
@@ -61,36 +62,14 @@ class AotiBackend(Backend):
     def output_names(self) -> list[str]:
         return self._outputs
 
-    @torch.inference_mode()
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(feed[n], dtype=np.float32)).to(self.device)
-                for n in self._inputs]
-        outs = as_output_list(self.model(*args))
-        return {n: o.float().cpu().numpy() for n, o in zip(self._outputs, outs)}
+        return run_named(self.model, feed, self._inputs, self._outputs, self.device)
 
 
 def _export_dir(result_or_export_dir) -> Path:
     """ExportResult / export directory / its manifest.json -> the export directory."""
     path = Path(getattr(result_or_export_dir, "out_dir", result_or_export_dir))
     return path.parent if path.name == MANIFEST_NAME else path
-
-
-def _reference(manifest: dict, unsafe_pickle: bool = False):
-    """(reference module, spec) with the weights (or the seed) the export was made from."""
-    from deploykit.checkpoints import sha256_file
-    from deploykit.factory import build_model
-
-    recorded = manifest.get("weights", {})
-    weights = None
-    if recorded.get("source") == "file":
-        weights = recorded["path"]
-        if not Path(weights).exists():
-            raise ArtifactError(f"the weights the export was made from ({weights}) are gone; re-run 'deploykit export'")
-        if sha256_file(weights) != recorded.get("sha256"):
-            raise ArtifactError(f"{weights} changed since the export (sha256 differs); re-run 'deploykit export'")
-    model, spec, _ = build_model(manifest["model"]["name"], weights, seed=int(recorded.get("seed", 0)),
-                                 unsafe_pickle=unsafe_pickle)
-    return model, spec
 
 
 def _form_options(manifest: dict) -> dict[str, str]:
@@ -191,7 +170,7 @@ def export_aoti(result_or_export_dir, *, device: str = "cpu", on_step=None, unsa
     export_dir = _export_dir(result_or_export_dir)
     manifest = read_manifest(export_dir)
     steps = _Steps(on_step)
-    reference, spec = _reference(manifest, unsafe_pickle)
+    reference, spec = build_recorded_model(manifest, unsafe_pickle=unsafe_pickle)
     static_hw = manifest.get("export", {}).get("static_hw")
     example, checks = parity_shapes(spec)
     if static_hw:
@@ -258,7 +237,7 @@ def export_aoti(result_or_export_dir, *, device: str = "cpu", on_step=None, unsa
                                "max_abs": max(r.max_abs for r in records),
                                "shapes": [r.shape for r in records], "tolerance": records[0].tolerance},
         }
-        os.chmod(tmp, 0o644)  # mkstemp made it 0600; a package is meant to be shipped and shared
+        share_mode(tmp)
         os.replace(tmp, export_dir / name)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -53,6 +53,14 @@ class Staging:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def share_mode(path: str | Path) -> None:
+    """Give a file the mode a plain ``open()`` would (0666 minus the umask): mkstemp makes 0600 files, and
+    artifacts, images and results are meant to be shipped and shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     """Temp file in the same directory, fsync, rename: a reader sees the old file or the new one, never half."""
     path = Path(path)
@@ -62,6 +70,7 @@ def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        share_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from deploykit.artifacts import ensure_writable_dir, write_json_atomic
+from deploykit.artifacts import ensure_writable_dir, share_mode, write_bytes_atomic, write_json_atomic
 
 CSV_COLUMNS = (
     "model", "backend", "runtime", "precision", "device", "batch", "input_wxh", "output_wxh", "status", "reason",
@@ -117,24 +117,6 @@ def csv_text(data: dict) -> str:
     for record in data["records"]:
         writer.writerow({k: ("" if v is None else v) for k, v in flat_row(record).items()})
     return buf.getvalue()
-
-
-def _public(path: Path) -> None:
-    """mkstemp makes 0600 files; give results the usual umask-based mode (they are meant to be shared)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- rich table ---------------------------------------------------------------------------------------------------
@@ -306,12 +288,11 @@ def write_all(data: dict, out_root: str | Path = "benchmarks/results", name: str
     stem = _safe_name(name or "bench-" + data["created"].replace(":", "").replace("+0000", "Z")[:17])
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv"}
     write_json_atomic(paths["json"], data)
-    _write_text_atomic(paths["csv"], csv_text(data))
+    write_bytes_atomic(paths["csv"], csv_text(data).encode())
     png = write_plot(data, out / f"{stem}.png")
     if png is not None:
+        share_mode(png)
         paths["png"] = png
-    for path in paths.values():
-        _public(path)
     return paths
 
 

@@ -7,17 +7,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deploykit.cli_common import console, err_console, print_step
 from deploykit.errors import DeployKitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export PyTorch image-restoration models to ONNX / TensorRT with proven parity.")
-# piped output (CI logs) gets 120 columns instead of rich's 80 so tables keep their figures readable
-console = Console() if sys.stdout.isatty() else Console(width=120)
-err_console = Console(stderr=True)
 
 # commands that live next to their library module register themselves here
 from deploykit import cli_bench, cli_cpp, cli_infer, cli_triton, cli_trt  # noqa: E402
@@ -95,15 +92,6 @@ def info_cmd(name: Annotated[str, typer.Argument(help="NAME or NAME:VARIANT")]) 
     console.print(table)
 
 
-def _print_step(step: str, status: str, seconds: float, detail: str) -> None:
-    if status == "start":
-        console.print(f"[cyan]•[/] {step} …", highlight=False)
-    elif status == "skip":
-        console.print(f"  [yellow]skipped[/] {step}: {escape(detail)}", highlight=False)
-    else:
-        console.print(f"  [green]✓[/] {step} [dim]({seconds:.1f} s)[/] {escape(detail)}", highlight=False)
-
-
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
@@ -148,7 +136,7 @@ def export_cmd(
     result = export(name, weights=weights, out=out, opset=opset, static=static, fp16=fp16, simplify_graph=simplify,
                     simplifier=simplifier, exporter=exporter, forms=form, seed=seed, unsafe_pickle=unsafe_pickle,
                     trt={"precision": "fp16", "res": trt_res} if trt else None,
-                    aoti=aoti_device if aoti else False, on_step=_print_step)
+                    aoti=aoti_device if aoti else False, on_step=print_step)
     m = result.manifest
     files = Table(title=f"{result.spec.name} -> {result.out_dir}")
     for col in ("file", "precision", "size", "nodes", "sha256"):

@@ -1,7 +1,7 @@
 """``deploykit cpp build`` / ``deploykit cpp run``: the C++ runners, registered onto the main app by ``register(app)``.
 
-Thin like cli.py: parse, call deploykit.cpp_build, print with rich. Failures are one escaped line and a non-zero
-exit code (CppBuildError names the missing tool, header or source directory).
+Thin like cli.py: parse, call deploykit.cpp_build, print with rich. Failures (CppBuildError names the missing tool,
+header or source directory) reach ``cli.main``, which prints one escaped line and exits non-zero.
 """
 
 from __future__ import annotations
@@ -10,21 +10,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.errors import DeployKitError
-
-console = Console()
+from deploykit.cli_common import console
 cpp_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                       help="Build and run the C++ runners: aoti_run (AOTInductor package) and trt_run (TensorRT "
                            "engine). See docs/cpp.md.")
-
-
-def _fail(exc: DeployKitError) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise SystemExit(exc.exit_code)  # not typer.Exit: app(standalone_mode=False) returns its code instead of exiting
 
 
 @cpp_app.command("build")
@@ -43,13 +35,10 @@ def build_cmd(
     """Configure (Release, with the torch wheel's libtorch) and build cpp/; print where the binaries are."""
     from deploykit.cpp_build import build_cpp
 
-    try:
-        console.print("[cyan]•[/] cmake configure + build …", highlight=False)
-        result = build_cpp(build_dir, trt=trt, aoti=aoti, tensorrt_root=tensorrt_root, jobs=jobs,
-                           on_line=(lambda line: console.print(f"  [dim]{escape(line)}[/]", highlight=False))
-                           if verbose else None)
-    except DeployKitError as exc:
-        _fail(exc)
+    console.print("[cyan]•[/] cmake configure + build …", highlight=False)
+    result = build_cpp(build_dir, trt=trt, aoti=aoti, tensorrt_root=tensorrt_root, jobs=jobs,
+                       on_line=(lambda line: console.print(f"  [dim]{escape(line)}[/]", highlight=False))
+                       if verbose else None)
     table = Table(title=f"C++ runners in {result.build_dir}")
     for col in ("binary", "status"):
         table.add_column(col, overflow="fold")
@@ -77,10 +66,7 @@ def run_cmd(
     """Run a built C++ runner: deploykit cpp run aoti --manifest M --input in.png --output out.png"""
     from deploykit.cpp_build import run_binary
 
-    try:
-        code = run_binary(runner, list(ctx.args), build_dir)
-    except DeployKitError as exc:
-        _fail(exc)
+    code = run_binary(runner, list(ctx.args), build_dir)
     if code:
         raise SystemExit(code)
 

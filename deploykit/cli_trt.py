@@ -11,28 +11,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.errors import DeployKitError
-
-console = Console()
-
-
-def _print_step(step: str, status: str, seconds: float, detail: str) -> None:
-    if status == "start":
-        console.print(f"[cyan]•[/] {step} …", highlight=False)
-    elif status == "skip":
-        console.print(f"  [yellow]skipped[/] {step}: {escape(detail)}", highlight=False)
-    else:
-        console.print(f"  [green]✓[/] {step} [dim]({seconds:.1f} s)[/] {escape(detail)}", highlight=False)
-
-
-def _fail(exc: DeployKitError) -> None:
-    """One escaped line: rich would otherwise eat '[gpu]' in "pip install 'deploykit[gpu]'" as a markup tag."""
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise SystemExit(exc.exit_code)  # not typer.Exit: app(standalone_mode=False) returns its code instead of exiting
+from deploykit.cli_common import console, err_console, print_step
 
 
 def build_cmd(
@@ -57,15 +39,12 @@ def build_cmd(
     from deploykit.trt_build import build_engine, import_tensorrt, resolve_profile
     from deploykit.zoo import get_spec
 
-    try:
-        spec = get_spec(name)
-        resolve_profile(spec, res=res, profile=profile, max_batch=batch)  # bad --res/--profile fail first
-        import_tensorrt()  # one-line BackendUnavailableError with the install hint when absent
-        entry = build_engine(out / spec.family / spec.variant, precision=precision, res=res, profile=profile,
-                             max_batch=batch, workspace_gb=workspace, opt_level=opt_level, timing_cache=timing_cache,
-                             typing=typing, device=device, parity=parity, on_step=_print_step)
-    except DeployKitError as exc:
-        _fail(exc)
+    spec = get_spec(name)
+    resolve_profile(spec, res=res, profile=profile, max_batch=batch)  # bad --res/--profile fail first
+    import_tensorrt()  # one-line BackendUnavailableError with the install hint when absent
+    entry = build_engine(out / spec.family / spec.variant, precision=precision, res=res, profile=profile,
+                         max_batch=batch, workspace_gb=workspace, opt_level=opt_level, timing_cache=timing_cache,
+                         typing=typing, device=device, parity=parity, on_step=print_step)
     table = Table(title=f"{spec.name} engine", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -88,7 +67,7 @@ def build_cmd(
     console.print(table)
     failed = [b for b, s in entry.get("parity_summary", {}).items() if not s["passed"]]
     if failed:
-        Console(stderr=True).print(f"[bold red]error:[/] engine parity failed for {', '.join(failed)}")
+        err_console.print(f"[bold red]error:[/] engine parity failed for {', '.join(failed)}")
         raise SystemExit(1)
 
 

@@ -37,12 +37,15 @@ FORM_MAX_ABS = 1e-4
 
 # --- PixelConv -----------------------------------------------------------------------------------------
 
-def _pixelconv_geometry(feature: torch.Tensor, kernel: torch.Tensor, scale: int) -> int:
-    channels = int(kernel.shape[1])  # a static channel count; the legacy tracer hands sizes over as tensors
+def _pixelconv_geometry(feature: torch.Tensor, kernel: torch.Tensor, scale: int):
+    """(n, c, h, w, k, s*s) of a PixelConv call; c and k are static ints (the legacy tracer hands sizes over as
+    tensors, which would make the graph's channel dims dynamic)."""
+    n, _, h, w = feature.shape
+    c, channels = int(feature.shape[1]), int(kernel.shape[1])
     k = int(round((channels // (scale * scale)) ** 0.5))
     if k * k * scale * scale != channels or k % 2 == 0:
         raise ValueError(f"kernel channels {channels} are not k*k*{scale * scale} with odd k")
-    return k
+    return n, c, h, w, k, scale * scale
 
 
 class PixelConvUnfold(nn.Module):
@@ -57,10 +60,7 @@ class PixelConvUnfold(nn.Module):
         self.scale = scale
 
     def forward(self, feature: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = feature.shape
-        c = int(feature.shape[1])  # static, so a traced graph keeps a fixed channel dim (legacy: sizes are tensors)
-        s2 = self.scale * self.scale
-        k = _pixelconv_geometry(feature, kernel, self.scale)
+        n, c, h, w, k, s2 = _pixelconv_geometry(feature, kernel, self.scale)
         patches = F.unfold(feature, k, padding=(k - 1) // 2)  # [N, C*k*k, H*W]
         patches = patches.reshape(n, c, k * k, -1).permute(0, 3, 1, 2)  # [N, HW, C, k*k], tap a*k+b
         weights = kernel.reshape(n, k, k, s2, -1)  # [N, b, a, s2, HW]
@@ -78,10 +78,7 @@ class PixelConvShift(nn.Module):
         self.scale = scale
 
     def forward(self, feature: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = feature.shape
-        c = int(feature.shape[1])  # static, so a traced graph keeps a fixed channel dim (legacy: sizes are tensors)
-        s2 = self.scale * self.scale
-        k = _pixelconv_geometry(feature, kernel, self.scale)
+        n, c, h, w, k, s2 = _pixelconv_geometry(feature, kernel, self.scale)
         padded = F.pad(feature, [(k - 1) // 2] * 4).unsqueeze(2)  # [N, C, 1, H+2p, W+2p]
         taps = kernel.reshape(n, k * k, s2, h, w).unsqueeze(1)  # [N, 1, k*k, s2, H, W], tap b*k+a
         out = None

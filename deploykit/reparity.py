@@ -7,7 +7,7 @@ from pathlib import Path
 from deploykit.backends import OrtBackend, TorchBackend
 from deploykit.checkpoints import sha256_file
 from deploykit.errors import ArtifactError
-from deploykit.factory import build_model
+from deploykit.factory import build_recorded_model
 from deploykit.forms import ImageOutput
 from deploykit.inputs import parity_shapes
 from deploykit.manifest import MANIFEST_NAME, read_manifest
@@ -32,15 +32,7 @@ def rerun_parity(path: str | Path, *, weights: str | Path | None = None,
                  unsafe_pickle: bool = False) -> list[ParityRecord]:
     out_dir, only = _locate(Path(path))
     manifest = read_manifest(out_dir)
-    recorded = manifest.get("weights", {})
-    if weights is None and recorded.get("source") == "file":
-        weights = recorded["path"]
-        if not Path(weights).exists():
-            raise ArtifactError(f"the recorded weights {weights} are gone; pass --weights")
-        if sha256_file(weights) != recorded.get("sha256"):
-            raise ArtifactError(f"{weights} changed since the export (sha256 differs); pass --weights explicitly")
-    model, spec, _ = build_model(manifest["model"]["name"], weights, seed=recorded.get("seed", 0),
-                                 unsafe_pickle=unsafe_pickle)
+    model, spec = build_recorded_model(manifest, weights, unsafe_pickle=unsafe_pickle)
     static = manifest.get("export", {}).get("static_hw")
     _, shapes = parity_shapes(spec)
     if static:

@@ -91,3 +91,17 @@ def test_failed_parity_exits_nonzero(cli_run, monkeypatch, tmp_path):
     monkeypatch.setattr(reparity, "check_parity", worse)
     code, _, err = cli_run("parity", str(tmp_path / "srresnet" / "x2"))
     assert code == 1 and "parity failed" in err
+
+
+def test_light_imports_do_not_load_torch():
+    """The CLI's help, the Triton client and ONNX Runtime runs must not pay for importing torch (seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deploykit, deploykit.cli, deploykit.triton_client, deploykit.backends, deploykit.manifest\n"
+            "from deploykit.backends import OrtBackend\n"
+            "deploykit.get_spec('vapsr:x4')\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "deploykit.create_model  # the lazy attribute resolves\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

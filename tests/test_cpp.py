@@ -230,9 +230,8 @@ def test_errors_are_one_line_with_exit_codes(cpp, export, image, tmp_path):
     assert not out.exists()
 
 
-def test_cli_registers_cpp_group(cpp, tmp_path):
+def test_cli_registers_cpp_group(cpp, cli_run, tmp_path):
     import typer
-    from typer.testing import CliRunner
 
     from deploykit import cli_cpp
 
@@ -245,7 +244,7 @@ def test_cli_registers_cpp_group(cpp, tmp_path):
     cli_cpp.register(app)
     cli_cpp.register(app)  # idempotent
     assert [g.name for g in app.registered_groups] == ["cpp"]
-    result = CliRunner().invoke(app, ["cpp", "run", "trt", "--build-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "deploykit cpp build --with-trt" in result.output
-    result = CliRunner().invoke(app, ["cpp", "run", "aoti", "--build-dir", str(cpp.build_dir), "--help-me"])
-    assert result.exit_code == 2  # the runner's own usage error, passed through
+    code, out, err = cli_run("cpp", "run", "trt", "--build-dir", str(tmp_path))
+    assert code == 2 and "deploykit cpp build --with-trt" in err and len(err.strip().splitlines()) == 1
+    code, _, _ = cli_run("cpp", "run", "aoti", "--build-dir", str(cpp.build_dir), "--help-me")
+    assert code == 2  # the runner's own usage error, passed through

@@ -230,3 +230,18 @@ def test_values_are_clipped_and_rounded(tmp_path):
     rgb = np.array([-0.5, 0.5 / 255, 1.49 / 255, 2.0], np.float32).reshape(1, 1, 4).repeat(3, 0)
     out = write_image(tmp_path / "c.png", rgb)
     assert np.asarray(Image.open(out))[0, :, 0].tolist() == [0, 0, 1, 255]
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    from deploykit.artifacts import write_json_atomic
+
+    old = os.umask(0o027)
+    try:
+        image = write_image(tmp_path / "c.png", np.zeros((3, 2, 2), np.float32))
+        write_json_atomic(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (image.stat().st_mode & 0o777) == 0o640
+    assert ((tmp_path / "m.json").stat().st_mode & 0o777) == 0o640

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from deploykit.errors import InputError, ShapeContractError
-from deploykit.tiling import (Contract, MemoryEstimate, auto_tile, axis_tiles, axis_weights, crop, measure_memory,
+from deploykit.tiling import (Contract, MemoryEstimate, auto_tile, axis_tiles, axis_weights, crop,
                               pad_to_contract, padded_size, plan_tiles, ramp, reflect_index, run_tiled, take_region)
 
 

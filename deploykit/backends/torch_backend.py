@@ -13,8 +13,21 @@ def as_output_list(result) -> list[torch.Tensor]:
     return list(result) if isinstance(result, (list, tuple)) else [result]
 
 
+@torch.inference_mode()
+def run_named(fn, feed: dict[str, np.ndarray], input_names: list[str], output_names: list[str], device: str,
+              dtype: torch.dtype = torch.float32) -> dict[str, np.ndarray]:
+    """Call ``fn`` (a module or a loaded package) on the feed's arrays in ``input_names`` order; float32 numpy out."""
+    args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(device, dtype) for n in input_names]
+    outs = as_output_list(fn(*args))
+    return {n: o.float().cpu().numpy() for n, o in zip(output_names, outs)}
+
+
 class TorchBackend(Backend):
-    """Runs an ``nn.Module`` with named inputs in the zoo's order; outputs named as the spec says."""
+    """Runs an ``nn.Module`` with named inputs in the zoo's order; outputs named as the spec says.
+
+    Like ``nn.Module.to``, it puts the module in eval mode and moves/casts it in place: pass a copy to keep the
+    caller's module as it was (bench does, for FP16 and device runs).
+    """
 
     def __init__(self, module: torch.nn.Module, input_names: list[str], output_names: list[str], *,
                  device: str = "cpu", precision: str = "fp32", name: str = "torch",
@@ -34,8 +47,5 @@ class TorchBackend(Backend):
     def output_names(self) -> list[str]:
         return self._outputs
 
-    @torch.inference_mode()
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device, self._dtype) for n in self._inputs]
-        outs = as_output_list(self.module(*args))
-        return {n: o.float().cpu().numpy() for n, o in zip(self._outputs, outs)}
+        return run_named(self.module, feed, self._inputs, self._outputs, self.device, self._dtype)
