@@ -18,7 +18,7 @@ Usage::
 
     python3 benchmarks/fp16_realphoto.py [MODEL[=WEIGHTS] ...] [--size 512] [--out DIR] [--threads 2]
 
-Writes ``benchmarks/results/cpu-<slug>/fp16_realphoto.json`` (or ``--out DIR/fp16_realphoto.json``).
+Writes ``benchmarks/results/<machine slug, e.g. cpu-amd-epyc-2cpu>/fp16_realphoto.json`` (or ``--out DIR/fp16_realphoto.json``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pixelconv_forms import cpu_model, cpu_slug  # same results/cpu-<slug> naming
+from deploykit.bench import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
 
 from deploykit.backends import OrtBackend
 from deploykit.export_pipeline import export
@@ -206,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="*", default=DEFAULT_ROWS, help="zoo names, optionally NAME=WEIGHTS")
     parser.add_argument("--size", type=int, default=512, help="output side (and restoration input side)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ORT intra-op threads")
-    parser.add_argument("--out", type=Path, default=None, help="result folder (default results/cpu-<slug>)")
+    parser.add_argument("--out", type=Path, default=None, help="result folder (default results/<machine slug>)")
     parser.add_argument("--update", action="store_true",
                         help="keep the other rows of an existing result file; replace rows of the same model+weights")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     cpu = cpu_model()
-    out_dir = args.out or ROOT / "benchmarks" / "results" / f"cpu-{cpu_slug(cpu)}"
+    out_dir = args.out or ROOT / "benchmarks" / "results" / cpu_slug()
     image, photo = load_photo(args.size)
     result = {
         "benchmark": "fp16_realphoto", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -17,7 +17,7 @@ Usage::
 
     python3 benchmarks/pixelconv_forms.py [--sizes 256 512] [--runs 10] [--op-runs 30] [--threads 2]
 
-Writes ``benchmarks/results/cpu-<slug>/pixelconv_forms.json`` and prints a markdown table.
+Writes ``benchmarks/results/<machine slug, e.g. cpu-amd-epyc-2cpu>/pixelconv_forms.json`` and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -40,26 +39,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deploykit.bench import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
+
 FORMS = ("shift", "unfold")
 K = 5
 
 
 # --- machine -----------------------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_slug(name: str) -> str:
-    name = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$|\bprocessor\b|\d+-core", " ", name, flags=re.I)
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
-
 
 def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
@@ -262,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cpu = cpu_model()
-    out_dir = args.results / f"cpu-{cpu_slug(cpu)}"
+    out_dir = args.results / cpu_slug()
     result = {
         "benchmark": "pixelconv_forms", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -18,7 +18,7 @@ Usage::
     python3 benchmarks/tiling_psnr.py [MODEL[=WEIGHTS] ...] [--crop 256] [--tile 128] [--overlaps 16 32 64]
                                       [--threads 2] [--out DIR]
 
-Writes ``benchmarks/results/cpu-<slug>/tiling_psnr.json`` (updated after every model) and prints the Markdown
+Writes ``benchmarks/results/<machine slug, e.g. cpu-amd-epyc-2cpu>/tiling_psnr.json`` (updated after every model) and prints the Markdown
 table that ``benchmarks/tiling_psnr.md`` quotes.
 """
 
@@ -30,7 +30,6 @@ import gc
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -50,18 +49,7 @@ from deploykit.infer import extra_inputs  # noqa: E402
 from deploykit.manifest import tool_versions  # noqa: E402
 from deploykit.tiling import plan_tiles, run_tiled  # noqa: E402
 
-try:
-    from pixelconv_forms import cpu_model, cpu_slug  # noqa: E402  (same results/cpu-<slug> naming)
-except ImportError:  # pragma: no cover
-    def cpu_model() -> str:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-        return platform.processor() or platform.machine()
-
-    def cpu_slug(name: str) -> str:
-        name = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$|\bprocessor\b|\d+-core", " ", name, flags=re.I)
-        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+from deploykit.bench import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
 
 PHOTO = Path("/work/shared/images/noisy_real.png")
 VAPSR_X4 = Path("/work/shared/weights/VapSR_X4.pth")
@@ -156,7 +144,7 @@ def main() -> None:
                         help="add these rows to the existing JSON (replacing rows of the same model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    out_dir = args.out or ROOT / "benchmarks" / "results" / f"cpu-{cpu_slug(cpu_model())}"
+    out_dir = args.out or ROOT / "benchmarks" / "results" / cpu_slug()
     out_dir.mkdir(parents=True, exist_ok=True)
     photo = central_crop(read_image(PHOTO).nchw(), args.crop)
     results = {

@@ -230,6 +230,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "unknown"
 
 
+def cpu_slug() -> str:
+    """Results folder name of this CPU machine (``benchmarks/results/<slug>/``), e.g. ``cpu-amd-epyc-2cpu``."""
+    return f"cpu-{_slug(cpu_model())}-{cpu_count()}cpu"
+
+
 def cuda_available() -> bool:
     try:
         import torch
@@ -263,7 +268,7 @@ def device_info(threads: dict | None = None) -> dict:
         info["slug"] = "gpu-" + _slug(gpu["name"])
         info["name"] = f"{gpu['name']} (sm {gpu['compute_capability']}) + {info['cpu']}"
     else:
-        info["slug"] = f"cpu-{_slug(info['cpu'])}-{info['cpu_cores_visible']}cpu"
+        info["slug"] = cpu_slug()
         info["name"] = f"{info['cpu']} ({info['cpu_cores_visible']} CPUs visible)"
     return info
 
