@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deploykit.artifacts import share_mode
 from deploykit.errors import InputError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -386,6 +387,24 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     return np.tensordot(LUMA, rgb.astype(np.float32), axes=1)
 
 
+# ITU-R BT.601 studio-range YCbCr as skimage.color.rgb2ycbcr computes it (RGB 0..1 -> Y 16..235, Cb/Cr 16..240),
+# divided by 255: the Y that models trained on skimage's conversion take (PANet CAR)
+_YCBCR_FROM_RGB = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
+_RGB_FROM_YCBCR = np.linalg.inv(_YCBCR_FROM_RGB)
+_YCBCR_OFFSET = np.array([16.0, 128.0, 128.0])[:, None, None] / 255.0
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """[3, H, W] RGB 0..1 -> [3, H, W] studio-range Y, Cb, Cr / 255 (a gray pixel g has Y = (16 + 219 g) / 255)."""
+    return (np.tensordot(_YCBCR_FROM_RGB, rgb.astype(np.float64), axes=1) + _YCBCR_OFFSET).astype(np.float32)
+
+
+def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`rgb_to_ycbcr`, clipped to 0..1."""
+    rgb = np.tensordot(_RGB_FROM_YCBCR, ycbcr.astype(np.float64) - _YCBCR_OFFSET, axes=1)
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
 def resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bicubic resize of a float 0..1 plane (alpha for super-resolution), clipped to 0..1."""
     if plane.shape == (height, width):
@@ -503,6 +522,7 @@ def _atomic_write(path: Path, write) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+        share_mode(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

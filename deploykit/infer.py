@@ -24,7 +24,8 @@ from deploykit.backends.base import Backend
 from deploykit.chop import chop_settings, forward_chop
 from deploykit.degradation import Blur, degradation_maps, parse_blur
 from deploykit.errors import ArtifactError, BackendUnavailableError, DeployKitError, InputError
-from deploykit.images import FORMATS, SUFFIX, Picture, read_image, resize_plane, write_image
+from deploykit.images import (FORMATS, SUFFIX, Picture, read_image, resize_plane, rgb_to_ycbcr, write_image,
+                              ycbcr_to_rgb)
 from deploykit.tiling import (FALLBACK_BYTES_PER_PIXEL, Contract, MemoryEstimate, auto_tile, available_memory,
                               check_tile, fits_whole, measure_memory, padded_size, plan_tiles, run_tiled)
 from deploykit.zoo import ModelSpec, get_spec
@@ -415,6 +416,8 @@ def load_feed(spec: ModelSpec, job: Job, extras: dict[str, np.ndarray]) -> tuple
             raise InputError(f"{job.source}: left view {picture.width}x{picture.height} and right view {job.right} "
                              f"{right.width}x{right.height} differ in size")
         image = np.concatenate([image, right.nchw()], axis=1)
+    elif spec.in_channels == 1:  # a Y-channel model: its luma, the colour is put back when writing
+        image = np.ascontiguousarray(rgb_to_ycbcr(picture.rgb)[None, :1])
     elif spec.in_channels != 3:
         raise InputError(f"{spec.name} takes {spec.in_channels}-channel input, which infer cannot build from images")
     return {spec.inputs[0].name: image, **extras}, picture
@@ -422,8 +425,15 @@ def load_feed(spec: ModelSpec, job: Job, extras: dict[str, np.ndarray]) -> tuple
 
 def write_output(job: Job, picture: Picture, output: np.ndarray, *, bit_depth: int | None, out_format: str | None,
                  quality: int) -> tuple[int, tuple[int, int]]:
-    """Write the cropped model output with the picture's alpha, grayscale-ness and metadata."""
-    rgb = output[0, :3]
+    """Write the cropped model output with the picture's alpha, grayscale-ness and metadata. A Y-channel output
+    gets the picture's own Cb/Cr back (resized for super-resolution); a gray picture stays gray."""
+    if output.shape[1] == 1:
+        ycbcr = rgb_to_ycbcr(picture.rgb)
+        h, w = output.shape[2], output.shape[3]
+        chroma = [resize_plane(ycbcr[c], h, w) for c in (1, 2)]
+        rgb = ycbcr_to_rgb(np.stack([output[0, 0], *chroma]))
+    else:
+        rgb = output[0, :3]
     alpha = picture.alpha
     if alpha is not None:
         alpha = resize_plane(alpha, rgb.shape[1], rgb.shape[2])

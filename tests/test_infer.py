@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
-import typer
 from PIL import Image
 
 import deploykit
-from deploykit import cli
-from deploykit.cli_infer import register
 from deploykit.degradation import (PCA_SEED, blur_code, degradation_maps, gaussian_kernel, kernel_code, parse_blur,
                                    pca_basis)
 from deploykit.errors import ArtifactError, BackendUnavailableError, InputError
@@ -184,32 +180,13 @@ def test_ort_on_exported_artifact_matches_torch(tmp_path):
 
 # --- the command ----------------------------------------------------------------------------------------------
 
-def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-    @app.callback()
-    def _group() -> None:
-        """deploykit (test app with only 'infer')."""
-
-    register(app)
-    monkeypatch.setattr(cli, "app", app)
-    monkeypatch.setattr(sys, "argv", ["deploykit", *args])
-    monkeypatch.setattr(cli.console, "width", 200)
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_corrupt_file_is_one_line_and_the_rest_is_written(monkeypatch, capsys, tmp_path):
+def test_cli_corrupt_file_is_one_line_and_the_rest_is_written(cli_run, tmp_path):
     good_a, good_b = _photo(tmp_path / "a.png"), _photo(tmp_path / "b.jpg", seed=1)
     bad = tmp_path / "broken.png"
     bad.write_bytes(good_a.read_bytes()[:120])
-    code, out, err = _run_cli(monkeypatch, capsys, "infer", "vapsr:s_x4", str(good_a), str(bad), str(good_b),
-                              "-o", str(tmp_path / "out"), "--tile", "16", "--overlap", "4", "--batch-tiles", "2")
+    code, out, err = cli_run("infer", "vapsr:s_x4", str(good_a), str(bad), str(good_b),
+                             "-o", str(tmp_path / "out"), "--tile", "16", "--overlap", "4", "--batch-tiles", "2")
     assert code == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and str(bad) in lines[0]
@@ -226,11 +203,52 @@ def test_cli_corrupt_file_is_one_line_and_the_rest_is_written(monkeypatch, capsy
     (("infer", "vapsr:s_x4", "x.png", "-o", "out", "--tile", "big"), "bad --tile"),
     (("infer", "vapsr:s_x4", "x.png", "-o", "out", "--bit-depth", "16", "--format", "jpeg"), "--bit-depth 16"),
 ])
-def test_cli_fatal_errors(monkeypatch, capsys, tmp_path, args, message):
+def test_cli_fatal_errors(cli_run, monkeypatch, tmp_path, args, message):
     monkeypatch.chdir(tmp_path)
     _photo(tmp_path / "x.png")
-    code, out, err = _run_cli(monkeypatch, capsys, *args)
+    code, out, err = cli_run(*args)
     if "not available" in message and code == 0:
         pytest.skip("this machine has the GPU runtime")
     assert code == 2 and message in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1 and "Traceback" not in out + err
+
+
+# --- Y-channel models (PANet CAR) ---------------------------------------------------------------------------------
+
+def test_ycbcr_is_skimages_bt601_studio_range():
+    from deploykit.images import rgb_to_ycbcr, ycbcr_to_rgb
+
+    colours = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 0], [0.5, 0.5, 0.5]], np.float32).T[:, :, None]  # [3, 4, 1]
+    ycc = rgb_to_ycbcr(colours)[:, :, 0].T * 255
+    np.testing.assert_allclose(ycc, [[235, 128, 128], [16, 128, 128], [81.481, 90.203, 240.0], [125.5, 128, 128]],
+                               atol=1e-4)
+    rgb = np.random.default_rng(0).random((3, 9, 7)).astype(np.float32)
+    assert np.abs(ycbcr_to_rgb(rgb_to_ycbcr(rgb)) - rgb).max() < 1e-6
+
+
+def test_y_channel_model_feed_and_output_keep_the_colour(tmp_path):
+    """load_feed gives a Y-channel model the picture's luma; write_output puts the picture's Cb/Cr back."""
+    from deploykit.images import rgb_to_ycbcr
+    from deploykit.infer import Job, load_feed, write_output
+
+    rng = np.random.default_rng(3)
+    rgb = np.clip(0.5 + 0.08 * rng.standard_normal((20, 24, 3)), 0, 1)  # mildly coloured: no channel clips
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(tmp_path / "c.png")
+    job = Job(tmp_path / "c.png", tmp_path / "out.png")
+    feed, picture = load_feed(get_spec("panet:car"), job, {})
+    y = feed["image"]
+    assert y.shape == (1, 1, 20, 24) and y.dtype == np.float32
+    np.testing.assert_allclose(y[0, 0], rgb_to_ycbcr(picture.rgb)[0], atol=1e-6)
+    write_output(job, picture, y + 0.02, bit_depth=None, out_format=None, quality=95)  # "restored": 5 levels brighter
+    out = rgb_to_ycbcr(np.asarray(Image.open(job.output), np.float32).transpose(2, 0, 1) / 255)
+    src = rgb_to_ycbcr(picture.rgb)
+    assert np.abs(out[0] - (src[0] + 0.02)).max() < 1.5 / 255
+    assert np.abs(out[1:] - src[1:]).max() < 2 / 255
+
+
+def test_y_channel_model_end_to_end_colour_and_gray(tmp_path):
+    colour, gray = _photo(tmp_path / "c.png", h=40, w=48), _photo(tmp_path / "g.png", h=40, w=48, mode="L")
+    report = infer("panet:car", [colour, gray], tmp_path / "out", tile=None)
+    assert report.exit_code == 0, report
+    out_c, out_g = Image.open(tmp_path / "out" / "c.png"), Image.open(tmp_path / "out" / "g.png")
+    assert out_c.size == out_g.size == (48, 40) and out_c.mode == "RGB" and out_g.mode == "L"
