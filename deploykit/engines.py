@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from deploykit.artifacts import write_json_atomic
-from deploykit.errors import ArtifactError, EngineError, EngineMismatchError
+from deploykit.errors import EngineError, EngineMismatchError
 from deploykit.manifest import MANIFEST_NAME, read_manifest
 
 ENGINE_KIND = "tensorrt-engine"
@@ -162,46 +162,49 @@ def reference_backend(manifest: dict, *, device: str | None = None, weights: str
     import torch
 
     from deploykit.backends import TorchBackend
-    from deploykit.checkpoints import sha256_file
-    from deploykit.factory import build_model
+    from deploykit.factory import build_recorded_model
     from deploykit.forms import ImageOutput
 
-    recorded = manifest.get("weights", {})
-    if weights is None and recorded.get("source") == "file":
-        weights = recorded["path"]
-        if not Path(weights).exists():
-            raise ArtifactError(f"the recorded weights {weights} are gone; pass them explicitly")
-        if sha256_file(weights) != recorded.get("sha256"):
-            raise ArtifactError(f"{weights} changed since the export (sha256 differs)")
-    model, spec, _ = build_model(manifest["model"]["name"], weights, seed=recorded.get("seed", 0))
+    model, spec = build_recorded_model(manifest, weights)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     output = spec.outputs[spec.image_output].name
     return TorchBackend(ImageOutput(model, spec.image_output), [t.name for t in spec.inputs], [output],
                         device=device, name=f"torch-{device}")
 
 
-def create_engine_backend(kind: str, export_dir: str | Path, entry: dict, **kwargs):
-    """A Backend for ``kind`` in BACKENDS, set up like the engine entry (same precision and profile)."""
+def _torch_device(index: int) -> str | None:
+    """'cuda:N' for PyTorch when it has CUDA (the reference runs on the engine's GPU), else None (its default)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return f"cuda:{index}" if torch.cuda.is_available() else None
+
+
+def create_engine_backend(kind: str, export_dir: str | Path, entry: dict, *, device: int = 0, **kwargs):
+    """A Backend for ``kind`` in BACKENDS on CUDA device ``device``, set up like the engine entry (same precision
+    and profile)."""
     from deploykit.trt_build import Profile
 
     export_dir = Path(export_dir)
     if kind == "tensorrt":
         from deploykit.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(export_dir, entry, **kwargs)
+        return TensorRTBackend(export_dir, entry, device=device, **kwargs)
     if kind in ("ort-tensorrt", "ort-cuda"):
         from deploykit.backends.ort_gpu import OrtGpuBackend
 
         manifest = read_manifest(export_dir)
         return OrtGpuBackend.for_export(export_dir, manifest, provider=kind.split("-", 1)[1],
                                         precision=entry["precision"], profile=Profile.from_dict(entry["profile"]),
-                                        **kwargs)
+                                        device_id=device, **kwargs)
     raise EngineError(f"unknown engine backend '{kind}' (use {', '.join(BACKENDS)})")
 
 
 def run_engine_parity(export_dir: str | Path, entry: dict, *, backends: Sequence[str] = ("tensorrt",),
-                      shapes: Sequence[tuple[int, int, int]] | None = None) -> dict[str, list[dict]]:
-    """Parity of each backend against PyTorch FP32 at shapes inside the engine's profile; recorded in the manifest."""
+                      shapes: Sequence[tuple[int, int, int]] | None = None, device: int = 0) -> dict[str, list[dict]]:
+    """Parity of each backend on CUDA device ``device`` against PyTorch FP32 at shapes inside the engine's profile;
+    recorded in the manifest."""
     from deploykit.parity import check_parity
     from deploykit.trt_build import Profile, engine_parity_shapes
     from deploykit.zoo import get_spec
@@ -211,10 +214,10 @@ def run_engine_parity(export_dir: str | Path, entry: dict, *, backends: Sequence
     spec = get_spec(manifest["model"]["name"])
     shapes = list(shapes or engine_parity_shapes(Profile.from_dict(entry["profile"])))
     output = spec.outputs[spec.image_output].name
-    reference = reference_backend(manifest)
+    reference = reference_backend(manifest, device=_torch_device(device))
     results = {}
     for kind in backends:
-        with create_engine_backend(kind, export_dir, entry) as candidate, _strict_fp32():
+        with create_engine_backend(kind, export_dir, entry, device=device) as candidate, _strict_fp32():
             records = check_parity(spec, reference, candidate, shapes, outputs=[output])
         results[kind] = _records_as_dicts(records)
         record_engine_parity(export_dir, entry["key"], kind, records)

@@ -34,6 +34,7 @@ INSTALL_HINT = "pip install 'deploykit[gpu]'"
 JETSON_HINT = "on Jetson use the TensorRT that ships with JetPack"
 MIN_TRT_MAJOR = 10
 STRONG_TYPING_MAJOR = 11  # TensorRT 11.0 removed BuilderFlag.FP16 / OBEY_PRECISION_CONSTRAINTS
+WEAK_TYPING_DEPRECATED = (10, 12)  # BuilderFlag.FP16, OBEY_PRECISION_CONSTRAINTS, ILayer.precision: deprecated
 DEFAULT_OPT_LEVEL = 3
 TYPING_CHOICES = ("auto", "weak", "strong")
 PRECISIONS = ("fp16", "fp32")
@@ -106,9 +107,12 @@ def choose_build_path(version: str | Sequence[int], precision: str, typing: str 
     if typing == "strong":
         return BuildPath("strong-fp16", "fp16", "fp16", network_flags=("STRONGLY_TYPED",),
                          note="TensorRT 10 strongly typed build of the mixed-precision FP16 ONNX (--typing strong)")
+    note = "TensorRT 10: FP32 ONNX + BuilderFlag.FP16, FP32 islands pinned by layer precision"
+    if tuple(ver[:2]) >= WEAK_TYPING_DEPRECATED:
+        note += ("; TensorRT 10.12 deprecated these flags and layer precisions (they still work in 10.x): "
+                 "--typing strong builds the FP16 ONNX as TensorRT 11 does")
     return BuildPath("weak-fp16", "fp16", "fp32", builder_flags=("FP16", "OBEY_PRECISION_CONSTRAINTS"),
-                     layer_precisions=True,
-                     note="TensorRT 10: FP32 ONNX + BuilderFlag.FP16, FP32 islands pinned by layer precision")
+                     layer_precisions=True, note=note)
 
 
 # --- sizes and optimisation profiles ----------------------------------------------------------------------
@@ -336,18 +340,21 @@ class Fp32Selection:
     by_name: list[str] = field(default_factory=list)  # ONNX fp32_nodes that matched at least one layer
     unmatched: list[str] = field(default_factory=list)  # fp32_nodes without a layer (folded or fused by the parser)
     by_op_type: list[str] = field(default_factory=list)  # layers pinned by type (owner node unknown)
+    integer_layers: list[str] = field(default_factory=list)  # selected, but with integer outputs: left unpinned
 
     def to_dict(self) -> dict:
         return {"pinned_layers": len(self.layers), "layers": self.layers, "matched_nodes": len(self.by_name),
-                "unmatched_nodes": self.unmatched, "pinned_by_op_type": self.by_op_type}
+                "unmatched_nodes": self.unmatched, "pinned_by_op_type": self.by_op_type,
+                "integer_layers_left_unpinned": self.integer_layers}
 
 
 def layer_owner(name: str, metadata: str, node_names: Iterable[str]) -> str | None:
-    """The ONNX node a network layer came from: the parser's '[ONNX Layer: X]' metadata when present, else the
-    longest node name N with layer == N or layer == N + '_' + suffix (the parser's de-duplication)."""
+    """The ONNX node a network layer came from: the parser's '[ONNX Layer: X]' metadata when present (inside an
+    ONNX local function it reads '[ONNX Layer: X | CALLER (FUNCTION)]': X is the node), else the longest node name N
+    with layer == N or layer == N + '_' + suffix (the parser's de-duplication)."""
     found = _ONNX_LAYER.findall(metadata or "")
     if found:
-        return found[0].strip()
+        return found[0].split(" | ")[0].strip()
     best = None
     for node in node_names:
         if (name == node or name.startswith(node + "_")) and (best is None or len(node) > len(best)):
@@ -375,6 +382,8 @@ def select_fp32_layers(layers: Iterable[tuple[str, str] | tuple[str, str, str]],
         if ltype in NON_COMPUTE_LAYER_TYPES:
             continue
         owner = layer_owner(name, metadata, universe)
+        if owner is not None and universe and owner not in universe:
+            owner = None  # metadata naming a node this ONNX does not have (e.g. the parser's 'node_of_<output>')
         if owner is not None and owner in wanted:
             selection.layers.append(name)
             matched.add(owner)
@@ -611,10 +620,18 @@ def _trt_build(trt, plan: BuildPlan, workspace_bytes: int | None, opt_level: int
         for layer in layers:
             if layer.name not in pinned:
                 continue
+            outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+            if not all(t.dtype in float_types for t in outputs):
+                # shape arithmetic of the island (Shape/Gather/Min on ints): FLOAT precision would fail the build
+                # under OBEY_PRECISION_CONSTRAINTS, and it computes nothing in FP16 anyway
+                selection.layers.remove(layer.name)
+                if layer.name in selection.by_op_type:
+                    selection.by_op_type.remove(layer.name)
+                selection.integer_layers.append(layer.name)
+                continue
             layer.precision = trt.DataType.FLOAT
-            for j in range(layer.num_outputs):
-                if layer.get_output(j).dtype in float_types:
-                    layer.set_output_type(j, trt.DataType.FLOAT)
+            for j in range(len(outputs)):
+                layer.set_output_type(j, trt.DataType.FLOAT)
 
     cache_loaded, cache_note = False, "new"
     data = plan.timing_cache.read_bytes() if plan.timing_cache.exists() else b""
@@ -712,7 +729,7 @@ def build_engine(export_dir: str | Path, *, precision: str = "fp16", res: str | 
     if parity:
         step("engine parity", "start", 0.0, "")
         start = time.perf_counter()
-        results = engines.run_engine_parity(export_dir, entry, backends=parity_backends)
+        results = engines.run_engine_parity(export_dir, entry, backends=parity_backends, device=device)
         worst = min((r["psnr_db"] for recs in results.values() for r in recs if r["psnr_db"] is not None),
                     default=float("nan"))
         step("engine parity", "done", time.perf_counter() - start,

@@ -208,6 +208,17 @@ def test_fp32_layer_selection_by_node_name_metadata_and_op_type():
     assert sel.to_dict()["pinned_layers"] == 4
 
 
+def test_fp32_layer_owner_from_parser_metadata_inside_local_functions():
+    # onnx-tensorrt writes '[ONNX Layer: NODE | CALLER (FUNCTION)]' for nodes of an ONNX local function, and names
+    # nodes without a name 'node_of_<output>', which is no node of the file: owner unknown -> the op-type rule
+    nodes = ["node_layer_norm", "node_call"]
+    layers = [("fused_a", "NORMALIZATION", "[ONNX Layer: node_layer_norm | node_call (LayerNormFn)]"),
+              ("fused_b", "REDUCE", "[ONNX Layer: node_of_val_3]")]
+    assert trt_build.layer_owner("fused_a", layers[0][2], nodes) == "node_layer_norm"
+    sel = trt_build.select_fp32_layers(layers, ["node_layer_norm"], keep_fp32_ops=("ReduceMean",), node_names=nodes)
+    assert sel.layers == ["fused_a", "fused_b"] and sel.by_op_type == ["fused_b"]
+
+
 def test_fp32_layer_selection_without_the_node_list_matches_exact_names_only():
     sel = trt_build.select_fp32_layers([("a", "SOFTMAX"), ("a_1", "SOFTMAX"), ("b", "SOFTMAX")], ["a"], ())
     assert sel.layers == ["a", "a_1"]  # a_1 is no known node: a helper of a

@@ -31,6 +31,7 @@ class _TorchDevice:
 
         self.torch, self.index = torch, index
         self.device = torch.device("cuda", index)
+        torch.cuda.set_device(self.device)  # TensorRT deserialises and runs on the current device
         self.stream = torch.cuda.Stream(self.device)
 
     @property
@@ -167,6 +168,9 @@ class TensorRTBackend(Backend):
             raise EngineError(f"TensorRT {trt.__version__} could not deserialize {path.name} although its manifest "
                               "entry matches this machine; rebuild it with 'deploykit build'")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineError(f"TensorRT could not create an execution context for {path.name} (out of device "
+                              "memory? see the TensorRT log)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self._inputs = [n for n in names if is_input[n]]
