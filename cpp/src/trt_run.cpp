@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -224,61 +225,83 @@ public:
     }
 
     dk::Tensor run(const dk::Tensor& input) override {
-        const std::string in_name = manifest_.image_input().name, out_name = manifest_.image_output().name;
+        if (io_.inputs.empty()) io_ = check_io();
+        if (!within(input.shape, io_.lo, io_.hi)) {
+            throw Error("input " + input.shape_text() + " is outside the engine's profile: min " + dims_text(io_.lo) +
+                        ", max " + dims_text(io_.hi) + "; tile the image or build an engine for this size",
+                        dk::kExitUsage);
+        }
+        if (input.shape != bound_shape_) bind(input.shape);  // once per shape: --repeat times enqueueV3, not cudaMalloc
+        cuda_check(cudaMemcpyAsync(buffers_[0].ptr, input.data.data(), buffers_[0].bytes, cudaMemcpyHostToDevice,
+                                   stream_), "cudaMemcpyAsync (host to device)");
+        if (!context_->enqueueV3(stream_)) throw Error("TensorRT enqueueV3 failed (see the message above)");
+        dk::Tensor out(out_shape_);
+        cuda_check(cudaMemcpyAsync(out.data.data(), buffers_[out_index_].ptr, buffers_[out_index_].bytes,
+                                   cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync (device to host)");
+        cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+        return out;
+    }
+
+private:
+    struct EngineIO {
         std::vector<std::string> inputs, outputs;
+        std::vector<int64_t> lo, hi;  // profile 0 of the image input
+    };
+
+    // The engine's I/O must be the manifest's (one float32 image input, the image output among the outputs); its
+    // own profile 0 is the authority on sizes.
+    EngineIO check_io() const {
+        const std::string in_name = manifest_.image_input().name, out_name = manifest_.image_output().name;
+        EngineIO io;
         for (int32_t i = 0; i < engine_->getNbIOTensors(); ++i) {
             const char* name = engine_->getIOTensorName(i);
             if (engine_->getTensorDataType(name) != nvinfer1::DataType::kFLOAT) {
                 throw Error(std::string("engine tensor '") + name + "' is not float32; deploykit engines keep FP32 "
                             "I/O (rebuild with 'deploykit build')", dk::kExitArtifact);
             }
-            (engine_->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT ? inputs : outputs).push_back(name);
+            (engine_->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT ? io.inputs : io.outputs).push_back(name);
         }
-        if (inputs.size() != 1 || inputs[0] != in_name ||
-            std::find(outputs.begin(), outputs.end(), out_name) == outputs.end()) {
+        if (io.inputs.size() != 1 || io.inputs[0] != in_name ||
+            std::find(io.outputs.begin(), io.outputs.end(), out_name) == io.outputs.end()) {
             throw Error("engine I/O does not match the manifest (expected input '" + in_name + "' and output '" +
                         out_name + "'); rebuild it with 'deploykit build'", dk::kExitArtifact);
         }
-        // the engine's own profile 0 is the authority
-        const auto lo = to_vector(engine_->getProfileShape(in_name.c_str(), 0, nvinfer1::OptProfileSelector::kMIN));
-        const auto hi = to_vector(engine_->getProfileShape(in_name.c_str(), 0, nvinfer1::OptProfileSelector::kMAX));
-        if (!within(input.shape, lo, hi)) {
-            throw Error("input " + input.shape_text() + " is outside the engine's profile: min " + dims_text(lo) +
-                        ", max " + dims_text(hi) + "; tile the image or build an engine for this size", dk::kExitUsage);
-        }
+        io.lo = to_vector(engine_->getProfileShape(in_name.c_str(), 0, nvinfer1::OptProfileSelector::kMIN));
+        io.hi = to_vector(engine_->getProfileShape(in_name.c_str(), 0, nvinfer1::OptProfileSelector::kMAX));
+        return io;
+    }
+
+    // Set the input shape, size every output from the context, allocate and bind all I/O buffers.
+    void bind(const std::vector<int64_t>& shape) {
+        const std::string& in_name = io_.inputs[0];
+        const std::string out_name = manifest_.image_output().name;
         nvinfer1::Dims dims{};
-        dims.nbDims = static_cast<int32_t>(input.shape.size());
-        for (size_t k = 0; k < input.shape.size(); ++k) dims.d[k] = static_cast<decltype(dims.d[0] + 0)>(input.shape[k]);
+        dims.nbDims = static_cast<int32_t>(shape.size());
+        for (size_t k = 0; k < shape.size(); ++k) dims.d[k] = static_cast<decltype(dims.d[0] + 0)>(shape[k]);
         if (!context_->setInputShape(in_name.c_str(), dims)) {
-            throw Error("TensorRT refused input shape " + input.shape_text() + " (see the message above)");
+            throw Error("TensorRT refused input shape " + dims_text(shape) + " (see the message above)");
         }
-        std::vector<DeviceBuffer> buffers;
-        buffers.emplace_back(static_cast<size_t>(input.numel()) * sizeof(float));
-        cuda_check(cudaMemcpyAsync(buffers[0].ptr, input.data.data(), buffers[0].bytes, cudaMemcpyHostToDevice,
-                                   stream_), "cudaMemcpyAsync (host to device)");
-        if (!context_->setTensorAddress(in_name.c_str(), buffers[0].ptr)) throw Error("setTensorAddress failed");
-        std::vector<int64_t> out_shape;
-        size_t out_index = 0;
-        for (const auto& name : outputs) {
-            const auto shape = to_vector(context_->getTensorShape(name.c_str()));
+        bound_shape_.clear();
+        buffers_.clear();
+        int64_t numel = 1;
+        for (int64_t d : shape) numel *= d;
+        buffers_.emplace_back(static_cast<size_t>(numel) * sizeof(float));
+        if (!context_->setTensorAddress(in_name.c_str(), buffers_[0].ptr)) throw Error("setTensorAddress failed");
+        for (const auto& name : io_.outputs) {
+            const auto out = to_vector(context_->getTensorShape(name.c_str()));
             int64_t n = 1;
-            for (int64_t d : shape) {
-                if (d < 0) throw Error("output '" + name + "' has an unresolved shape " + dims_text(shape));
+            for (int64_t d : out) {
+                if (d < 0) throw Error("output '" + name + "' has an unresolved shape " + dims_text(out));
                 n *= d;
             }
-            buffers.emplace_back(static_cast<size_t>(n) * sizeof(float));
-            if (!context_->setTensorAddress(name.c_str(), buffers.back().ptr)) throw Error("setTensorAddress failed");
+            buffers_.emplace_back(static_cast<size_t>(n) * sizeof(float));
+            if (!context_->setTensorAddress(name.c_str(), buffers_.back().ptr)) throw Error("setTensorAddress failed");
             if (name == out_name) {
-                out_shape = shape;
-                out_index = buffers.size() - 1;
+                out_shape_ = out;
+                out_index_ = buffers_.size() - 1;
             }
         }
-        if (!context_->enqueueV3(stream_)) throw Error("TensorRT enqueueV3 failed (see the message above)");
-        dk::Tensor out(out_shape);
-        cuda_check(cudaMemcpyAsync(out.data.data(), buffers[out_index].ptr, buffers[out_index].bytes,
-                                   cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync (device to host)");
-        cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
-        return out;
+        bound_shape_ = shape;
     }
 
 private:
@@ -292,6 +315,10 @@ private:
     std::unique_ptr<nvinfer1::ICudaEngine> engine_;
     std::unique_ptr<nvinfer1::IExecutionContext> context_;
     cudaStream_t stream_ = nullptr;
+    EngineIO io_;
+    std::vector<int64_t> bound_shape_, out_shape_;  // the shape the buffers below are bound for
+    std::vector<DeviceBuffer> buffers_;             // [input, outputs...]; freed before the context goes
+    size_t out_index_ = 0;
 };
 
 }  // namespace
