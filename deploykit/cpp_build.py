@@ -124,10 +124,28 @@ def _run(cmd: list[str], what: str, on_line: Callable[[str], None] | None) -> st
     code = proc.wait()
     output = "\n".join(lines)
     if code != 0:
-        errors = [ln.strip() for ln in lines if re.search(r"CMake Error|error:|FATAL|Error \d|not found", ln)]
-        detail = " | ".join(dict.fromkeys(errors))[-600:] or "\n".join(lines[-5:])[-600:]
+        detail = " | ".join(dict.fromkeys(_error_lines(lines)))[-600:] or "\n".join(lines[-5:])[-600:]
         raise CppBuildError(f"{what} failed (exit {code}): {detail}")
     return output
+
+
+def _error_lines(lines: list[str]) -> list[str]:
+    """Compiler / CMake error lines; a 'CMake Error at …:' header is joined with its indented, word-wrapped message."""
+    errors, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("CMake Error"):
+            message = []
+            i += 1
+            while i < len(lines) and (lines[i].startswith("  ") or (not lines[i].strip() and not message)):
+                message.append(lines[i].strip())
+                i += 1
+            errors.append(" ".join([line.strip(), *(m for m in message if m)]))
+            continue
+        if re.search(r"error:|FATAL|Error \d|not found", line):
+            errors.append(line.strip())
+        i += 1
+    return errors
 
 
 def build_cpp(build_dir: str | Path | None = None, *, trt: bool | None = None, aoti: bool | None = None,

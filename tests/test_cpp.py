@@ -129,6 +129,23 @@ def test_trt_run_skipped_without_tensorrt(cpp, tmp_path):
         build_cpp(tmp_path / "with-trt", trt=True, aoti=False)
 
 
+def test_tensorrt_discovery_names_what_is_missing(cpp, tmp_path):
+    """Configure-only checks of the TensorRT search with install layouts made of empty files (--with-trt turns the
+    reason into a configure error before anything compiles). One build directory: a changed TensorRT_ROOT must
+    re-run the search instead of reusing the cached library."""
+    runtime_only = tmp_path / "runtime-only"
+    (runtime_only / "lib").mkdir(parents=True)
+    (runtime_only / "lib" / "libnvinfer.so.10").write_bytes(b"")  # a deb runtime install: soname only, no headers
+    build = tmp_path / "build"
+    with pytest.raises(CppBuildError, match=r"TensorRT headers \(NvInferRuntime.h\) not found for .*runtime-only"
+                                            r"/lib/libnvinfer.so.10"):
+        build_cpp(build, trt=True, aoti=False, tensorrt_root=runtime_only)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CppBuildError, match=r"TensorRT not found under TensorRT_ROOT=.*empty"):
+        build_cpp(build, trt=True, aoti=False, tensorrt_root=empty)
+
+
 def test_aoti_run_matches_python(cpp, export, image, reference, tmp_path):
     """aoti_run's float output vs the Python AOTI package and PyTorch eager on the same input; 8-bit PNG within one
     quantisation step."""
