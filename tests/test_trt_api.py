@@ -172,3 +172,10 @@ def test_runtime_backend_walk(dry_run):
     backend = dry_run["walks"]["backend"]
     assert backend["inputs"] == ["image"] and backend["outputs"] == ["output"]
     assert backend["output_shapes"] == {"output": [1, 3, 256, 288]}
+
+
+def test_the_checker_catches_known_misuses(dry_run):
+    check = dry_run["walks"]["self-check"]
+    assert check["missed"] == [], check
+    assert "matches no signature" in check["caught"]["wrong argument type"]
+    assert "not a writable property" in check["caught"]["read-only property"]

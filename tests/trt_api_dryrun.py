@@ -385,6 +385,30 @@ def walk_backend(work: Path, rec: Recorder) -> dict:
             "output_shapes": {k: list(v.shape) for k, v in out.items()}}
 
 
+def walk_self_check(rec: Recorder) -> dict:
+    """Known misuses must be caught: a checker that accepts everything would prove nothing."""
+    trt_ = ModuleProxy(rec, Scenario())
+    builder = trt_.Builder(trt_.Logger(trt_.Logger.WARNING))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    network = builder.create_network(0)
+    misuses = {
+        "too few arguments": lambda: profile.set_shape("image", (1, 3, 8, 8), (1, 3, 8, 8)),
+        "unknown keyword": lambda: config.set_timing_cache(config.create_timing_cache(b""), ignore=False),
+        "wrong argument type": lambda: config.set_flag("FP16"),
+        "read-only property": lambda: setattr(network, "num_layers", 3),
+        "missing member": lambda: network.add_fancy_layer(),
+        "missing module name": lambda: trt_.NoSuchClass,
+    }
+    caught = {}
+    for what, misuse in misuses.items():
+        try:
+            misuse()
+        except ApiMismatch as exc:
+            caught[what] = str(exc)
+    return {"caught": caught, "missed": sorted(set(misuses) - set(caught))}
+
+
 def main(work: Path) -> dict:
     from deploykit.errors import EngineError
 
@@ -395,7 +419,8 @@ def main(work: Path) -> dict:
              ("fp32", lambda: walk_build(work, rec, "auto", "fp32")),
              ("parse-failure", lambda: walk_build(work, rec, "auto", "fp32", parse_ok=False)),
              ("fp16-weak", lambda: walk_build(work, rec, "weak", "fp16")),
-             ("backend", lambda: walk_backend(work, rec))]
+             ("backend", lambda: walk_backend(work, rec)),
+             ("self-check", lambda: walk_self_check(Recorder(trt.__version__)))]
     for name, walk in walks:
         try:
             result["walks"][name] = walk()
