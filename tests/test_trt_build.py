@@ -288,6 +288,30 @@ def test_ort_gpu_backend_unavailable_on_cpu_onnxruntime(tmp_path):
         ort_gpu.OrtGpuBackend(tmp_path / "x.onnx", provider="cuda")
 
 
+def test_ort_backend_takes_session_options(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from deploykit.backends import OrtBackend
+
+    graph = helper.make_graph([helper.make_node("Relu", ["image"], ["output"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 2, 2])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 2, 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10),
+              str(tmp_path / "relu.onnx"))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    backend = OrtBackend(tmp_path / "relu.onnx", session_options=options)
+    used = backend.session.get_session_options()
+    assert used.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert used.intra_op_num_threads == 1  # the caller's thread count is kept
+    x = np.array([-1.0, 2.0, -3.0, 4.0] * 3, np.float32).reshape(1, 3, 2, 2)
+    assert np.array_equal(backend.run({"image": x})["output"], np.maximum(x, 0))
+
+
 # --- manifest entries, identity refusal ------------------------------------------------------------------------------
 
 def _export_dir(tmp_path) -> Path:

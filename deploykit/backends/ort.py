@@ -21,7 +21,9 @@ class OrtBackend(Backend):
     """One InferenceSession over an ONNX file; float16 graph inputs are fed as float16 automatically."""
 
     def __init__(self, path: str | Path, *, device: str = "cpu", precision: str = "fp32",
-                 threads: int | None = None):
+                 threads: int | None = None, session_options=None):
+        """``session_options``: an ``onnxruntime.SessionOptions`` to start from (graph optimisation level,
+        profiling, memory pattern …); its thread count is kept when set, else ``threads`` / one per visible CPU."""
         import onnxruntime as ort
 
         if device not in _PROVIDERS:
@@ -29,9 +31,11 @@ class OrtBackend(Backend):
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError(
                 "ONNX Runtime has no CUDA provider here; install it with: pip install 'deploykit[gpu]'")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.log_severity_level = 3
+        options = session_options if session_options is not None else ort.SessionOptions()
+        if threads or not options.intra_op_num_threads:
+            options.intra_op_num_threads = threads or default_threads()
+        if session_options is None:
+            options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=_PROVIDERS[device])
         self.path = Path(path)
         self.name, self.device, self.precision = f"ort-{device}", device, precision
