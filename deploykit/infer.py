@@ -340,6 +340,12 @@ def extra_inputs(spec: ModelSpec, blur: Blur | None, noise_level: float | None) 
                             DEFAULT_NOISE if noise_level is None else noise_level)
 
 
+# The first measurement of a (model, backend, artifact, precision) in this process, reused by later Restorers:
+# measuring again costs seconds, and after large runs the allocator reuses freed memory, so the RSS growth it
+# measures would understate what a run needs.
+_MEASURED: dict[tuple, MemoryEstimate] = {}
+
+
 class Restorer:
     """A backend plus the spec's contract: ``restore(feed) -> output`` with padding/tiling and auto tile size."""
 
@@ -362,7 +368,11 @@ class Restorer:
         if self.memory is None:
             if self.runner.device != "cpu":
                 raise InputError(f"--tile auto sizes tiles from host memory; on {self.runner.name} give --tile T")
-            self.memory = measure_memory(self._run_at, self.contract)
+            key = (self.spec.name, self.runner.name, str(getattr(self.runner, "path", "")),
+                   getattr(self.runner, "precision", ""))
+            if key not in _MEASURED:
+                _MEASURED[key] = measure_memory(self._run_at, self.contract)
+            self.memory = _MEASURED[key]
         return self.memory
 
     def tile_for(self, height: int, width: int) -> int | None:

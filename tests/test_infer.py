@@ -252,3 +252,24 @@ def test_y_channel_model_end_to_end_colour_and_gray(tmp_path):
     assert report.exit_code == 0, report
     out_c, out_g = Image.open(tmp_path / "out" / "c.png"), Image.open(tmp_path / "out" / "g.png")
     assert out_c.size == out_g.size == (48, 40) and out_c.mode == "RGB" and out_g.mode == "L"
+
+
+def test_auto_tile_measures_memory_once_per_process(tmp_path, monkeypatch):
+    """A second infer() of the same model and backend reuses the first measurement (after large runs the
+    allocator's reuse would make a new one understate the need)."""
+    import deploykit.infer as infer_mod
+    from deploykit.tiling import MemoryEstimate
+
+    calls = []
+
+    def fake_measure(run_at, contract, **_kw):
+        calls.append(contract)
+        return MemoryEstimate(1024.0, 0.0, "test")
+
+    monkeypatch.setattr(infer_mod, "measure_memory", fake_measure)
+    monkeypatch.setattr(infer_mod, "_MEASURED", {})
+    monkeypatch.setattr(infer_mod, "fits_whole", lambda *a, **k: False)  # a small test image must still measure
+    src = _photo(tmp_path / "a.png")
+    for out in ("o1", "o2"):
+        assert infer("vapsr:s_x4", [src], tmp_path / out, tile="auto").exit_code == 0
+    assert len(calls) == 1
