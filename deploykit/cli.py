@@ -169,6 +169,29 @@ def parity_cmd(
         raise typer.Exit(1)
 
 
+@app.command("doctor")
+def doctor_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="print the checks as JSON")] = False,
+) -> None:
+    """What this machine can run (export, ONNX Runtime CPU/GPU, TensorRT, C++ runners, Triton) and what to install."""
+    import json
+
+    from deploykit.doctor import MISSING, OK, run_checks
+
+    checks = run_checks()
+    if as_json:
+        console.print_json(json.dumps([c.to_dict() for c in checks]))
+        return
+    table = Table(title="deploykit doctor")
+    for col in ("area", "check", "status", "detail", "to fix"):
+        table.add_column(col, overflow="fold")
+    colour = {OK: "green", MISSING: "yellow"}
+    for c in checks:
+        table.add_row(c.area, c.name, f"[{colour.get(c.status, 'red')}]{c.status}[/]", escape(c.detail),
+                      escape(c.fix) if c.status != OK else "")
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry: one-line errors and a non-zero exit code instead of tracebacks."""
     try:

@@ -105,3 +105,26 @@ def test_light_imports_do_not_load_torch():
             "deploykit.create_model  # the lazy attribute resolves\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_doctor_reports_what_runs_here_and_what_to_install(cli_run, monkeypatch):
+    import json
+
+    from deploykit import doctor
+
+    code, out, _ = cli_run("doctor")
+    assert code == 0 and "deploykit doctor" in out and "onnxruntime" in out
+    code, out, _ = cli_run("doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(out)}
+    assert code == 0 and checks["onnxruntime"]["status"] == "ok" and "CPUExecutionProvider" in checks["onnxruntime"][
+        "detail"]
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert checks["tensorrt"]["status"] == "missing"
+        assert "pip install 'deploykit[gpu]'" in checks["tensorrt"]["fix"]
+    # onnxruntime and onnxruntime-gpu side by side: only one provider set shows up -> a warning with the fix
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda d: "1.31.1" if d == "onnxruntime-gpu" else real(d))
+    clash = [c for c in doctor.run_checks() if c.area == "onnxruntime" and c.status == doctor.WARN]
+    assert len(clash) == 1 and "pip uninstall -y onnxruntime onnxruntime-gpu" in clash[0].fix
