@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploykit.degradation import CODE_DIM, SIGMA_RANGE, Blur, blur_code
 from deploykit.zoo import ModelSpec
 
 Shape = tuple[int, int, int]  # (batch, height, width)
@@ -23,9 +24,16 @@ def random_inputs(spec: ModelSpec, shape: Shape, seed: int = 0) -> dict[str, np.
             # a noise-level map: one sigma per image (sigma/255 in [0, 50/255]) plus small spatial variation
             level = rng.uniform(0.0, 50.0 / 255.0, (batch, 1, 1, 1))
             feed[tensor.name] = (level + rng.normal(0, 0.01, dims)).astype(np.float32)
+        elif tensor.name == "kernel" and tensor.channels == CODE_DIM:
+            # the PCA code of a random anisotropic Gaussian blur (what infer feeds UDVD), constant per image as
+            # SRMD/UDVD stretch it over the LR grid; N(0, 1) codes would be ~5x larger than any real blur's
+            lo, hi = SIGMA_RANGE
+            codes = [blur_code(Blur(float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)),
+                                    float(rng.uniform(0.0, 180.0)))) for _ in range(batch)]
+            code = np.stack(codes).reshape(batch, tensor.channels, 1, 1)
+            feed[tensor.name] = np.broadcast_to(code, dims).astype(np.float32).copy()
         else:
-            # a PCA kernel code: constant per image, as SRMD/UDVD stretch it over the LR grid
-            code = rng.normal(0.0, 1.0, (batch, tensor.channels, 1, 1))
+            code = rng.normal(0.0, 1.0, (batch, tensor.channels, 1, 1))  # an unknown per-image code
             feed[tensor.name] = np.broadcast_to(code, dims).astype(np.float32).copy()
     return feed
 
