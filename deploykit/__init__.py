@@ -6,25 +6,17 @@ CLI's help) do not pay for importing torch.
 
 from __future__ import annotations
 
-import importlib
+from deploykit.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-_LAZY = {
+__getattr__ = lazy_attributes(globals(), {
     "build_model": "deploykit.factory",
     "create_model": "deploykit.factory",
     "ModelSpec": "deploykit.zoo",
     "get_spec": "deploykit.zoo",
     "list_models": "deploykit.zoo",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'deploykit' has no attribute {name!r}")
+})
 
 
 def export(*args, **kwargs):

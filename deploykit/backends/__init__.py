@@ -6,21 +6,12 @@ not import torch.
 
 from __future__ import annotations
 
-import importlib
+from deploykit.lazy import lazy_attributes
 
-_LAZY = {
+__getattr__ = lazy_attributes(globals(), {
     "Backend": "deploykit.backends.base",
     "OrtBackend": "deploykit.backends.ort",
     "TorchBackend": "deploykit.backends.torch_backend",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'deploykit.backends' has no attribute {name!r}")
-
+})
 
 __all__ = ["Backend", "OrtBackend", "TorchBackend"]
