@@ -87,6 +87,8 @@ def _accepts(type_text: str, value) -> bool:
         return isinstance(value, bool)
     if t == "str":
         return isinstance(value, str)
+    if t == "tuple":  # pybind11's py::tuple: a list is refused
+        return isinstance(value, tuple)
     if t in ("Buffer", "buffer"):
         try:
             memoryview(value)
@@ -101,6 +103,16 @@ def _accepts(type_text: str, value) -> bool:
     if isinstance(value, Typed):
         return issubclass(value._cls, cls)
     return isinstance(value, cls)
+
+
+_PRIMITIVES = {"SupportsInt", "int", "SupportsFloat", "float", "bool", "str", "tuple", "Buffer", "buffer"}
+
+
+def _modeled(type_text: str) -> bool:
+    """Whether _accepts really checks this parameter type (else it lets any value through)."""
+    t = type_text.removeprefix("typing.").removeprefix("typing_extensions.")
+    t = t.removeprefix("Optional[").removesuffix("]") if t.startswith("Optional[") else t
+    return t in _PRIMITIVES or _real_class(type_text) is not None
 
 
 class Recorder:
@@ -137,6 +149,7 @@ class Recorder:
                 continue
             wrong = [f"{n}: {t} got {type(bound[n]).__name__}" for n, t, _ in params
                      if n in bound and not _accepts(t, bound[n])]
+            self.unchecked.update(f"{where}({n}: {t})" for n, t, _ in params if n in bound and not _modeled(t))
             if wrong:
                 reasons.append("; ".join(wrong))
                 continue
