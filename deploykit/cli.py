@@ -180,7 +180,7 @@ def doctor_cmd(
 
     checks = run_checks()
     if as_json:
-        console.print_json(json.dumps([c.to_dict() for c in checks]))
+        typer.echo(json.dumps([c.to_dict() for c in checks], indent=2))  # plain: no markup, no wrapping
         return
     table = Table(title="deploykit doctor")
     for col in ("area", "check", "status", "detail", "to fix"):
