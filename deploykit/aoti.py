@@ -18,17 +18,14 @@ The C++ side is ``cpp/src/aoti_run.cpp`` (``torch::inductor::AOTIModelPackageLoa
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from deploykit.artifacts import share_mode, write_json_atomic
-from deploykit.backends.base import Backend
-from deploykit.backends.torch_backend import run_named
+from deploykit.backends.torch_backend import CallableBackend, strict_fp32
 from deploykit.errors import ArtifactError, BackendUnavailableError, ExportError, ParityError
 from deploykit.factory import build_recorded_model
 from deploykit.manifest import MANIFEST_NAME, read_manifest
@@ -39,31 +36,20 @@ PACKAGE_SUFFIX = ".pt2"
 PACKAGE_MODEL_NAME = "model"  # the name aoti_compile_and_package gives the model inside the package
 
 
-class AotiBackend(Backend):
+class AotiBackend(CallableBackend):
     """An AOTInductor package behind the common Backend interface (``run(feed)`` -> named float32 arrays)."""
 
     precision = "fp32"
 
     def __init__(self, path: str | Path, input_names: list[str], output_names: list[str], *, device: str = "cpu"):
-        self.path, self.device = Path(path), device
+        self.path = Path(path)
         self.name = f"aoti-{device.split(':')[0]}"
-        self._inputs, self._outputs = list(input_names), list(output_names)
         try:
-            self.model = torch._inductor.aoti_load_package(str(self.path))
+            package = torch._inductor.aoti_load_package(str(self.path))
         except Exception as exc:  # torch raises RuntimeError / zipfile errors for a bad package
             raise ArtifactError(f"cannot load AOTInductor package {self.path}: {' '.join(str(exc).split())[:300]}") \
                 from exc
-
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return run_named(self.model, feed, self._inputs, self._outputs, self.device)
+        super().__init__(package, input_names, output_names, device=device)
 
 
 def _export_dir(result_or_export_dir) -> Path:
@@ -121,20 +107,6 @@ def _example_args(spec, shape, device: str) -> tuple[torch.Tensor, ...]:
 
     feed = random_inputs(spec, shape, seed=0)
     return tuple(torch.from_numpy(feed[t.name]).to(device) for t in spec.inputs)
-
-
-@contextlib.contextmanager
-def _strict_fp32(device: str):
-    """No TF32 on CUDA for the reference or the compiled kernels (FP32 parity is max abs <= 1e-4)."""
-    if not device.startswith("cuda"):
-        yield
-        return
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:
@@ -204,7 +176,7 @@ def export_aoti(result_or_export_dir, *, device: str = "cpu", on_step=None, unsa
     try:
         def _compile():
             try:
-                with _strict_fp32(device):
+                with strict_fp32(device):
                     torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
             except Exception as exc:
                 raise ExportError(f"AOTInductor compile of {spec.name} failed: {_one_line(exc)}") from exc
@@ -216,7 +188,7 @@ def export_aoti(result_or_export_dir, *, device: str = "cpu", on_step=None, unsa
             eager = TorchBackend(ImageOutput(reference, spec.image_output), inputs, [output], device=device,
                                  name=f"torch-{kind}")
             candidate = AotiBackend(tmp, inputs, [output], device=device)
-            with _strict_fp32(device):
+            with strict_fp32(device):
                 records = check_parity(spec, eager, candidate, checks, outputs=[output])
             failed = [r for r in records if not r.passed]
             if failed:

@@ -532,23 +532,6 @@ def torch_compile_backend(module, input_names, output_names, *, device: str, pre
     return backend
 
 
-@contextlib.contextmanager
-def _strict_fp32():
-    """No TF32 on CUDA: PyTorch FP32 must be real FP32 (a no-op on CPU)."""
-    try:
-        import torch
-
-        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    except Exception:  # noqa: BLE001
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 # --- plan ------------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -1278,9 +1261,11 @@ def _run_case(case: Case, state: _ModelState, settings: BenchSettings, device: s
         event("start", f"{label}: est. {guard.estimate_bytes / 2**30:.2f} GiB, "
                        f"{record.flops_per_image / 1e12:.3g} TFLOP/image"
                        + (f", {record.tile['plan']}" if record.tile else ""))
+        from deploykit.backends.torch_backend import strict_fp32
+
         load_start = loadavg()
         meter = RssMeter().start()
-        with _strict_fp32():
+        with strict_fp32():  # TF32 off: PyTorch FP32 on CUDA is real FP32
             timing = time_runs(run, warmup=settings.warmup, iters=settings.iters, seconds=settings.seconds, sync=sync)
         record.memory.update(meter.stop())
         record.loadavg = {"start": load_start, "end": loadavg()}
@@ -1366,7 +1351,9 @@ def _ensure_reference(case: Case, state: _ModelState, feed: dict, settings: Benc
     if not guard.fits:
         return "the PyTorch FP32 reference " + guard.reason(fmt_wxh(case.hw)).replace("skipped by", "was skipped by")
     start = time.perf_counter()
-    with _strict_fp32():
+    from deploykit.backends.torch_backend import strict_fp32
+
+    with strict_fp32():
         output = _run_once_fn(state.reference, state, feed, settings, state.spec, work.run_batch)()
     state.ref_outputs = {key: output}
     event("info", f"{label}: ran the PyTorch FP32 reference for parity ({time.perf_counter() - start:.1f} s, untimed)")

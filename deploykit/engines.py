@@ -11,7 +11,6 @@ replaces the old one (a rebuild), others are kept (one entry per profile / GPU /
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -144,19 +143,6 @@ def record_engine_parity(export_dir: str | Path, key: str, backend: str, records
 
 # --- running parity (needs the backends; GPU machines only) -----------------------------------------------------
 
-@contextlib.contextmanager
-def _strict_fp32():
-    """PyTorch on CUDA uses TF32 for convolutions by default; the reference must be real FP32."""
-    import torch
-
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def reference_backend(manifest: dict, *, device: str | None = None, weights: str | Path | None = None):
     """PyTorch FP32 reference for the manifest's model with the weights it was exported from (image output)."""
     import torch
@@ -205,6 +191,7 @@ def run_engine_parity(export_dir: str | Path, entry: dict, *, backends: Sequence
                       shapes: Sequence[tuple[int, int, int]] | None = None, device: int = 0) -> dict[str, list[dict]]:
     """Parity of each backend on CUDA device ``device`` against PyTorch FP32 at shapes inside the engine's profile;
     recorded in the manifest."""
+    from deploykit.backends.torch_backend import strict_fp32
     from deploykit.parity import check_parity
     from deploykit.trt_build import Profile, engine_parity_shapes
     from deploykit.zoo import get_spec
@@ -217,7 +204,7 @@ def run_engine_parity(export_dir: str | Path, entry: dict, *, backends: Sequence
     reference = reference_backend(manifest, device=_torch_device(device))
     results = {}
     for kind in backends:
-        with create_engine_backend(kind, export_dir, entry, device=device) as candidate, _strict_fp32():
+        with create_engine_backend(kind, export_dir, entry, device=device) as candidate, strict_fp32():
             records = check_parity(spec, reference, candidate, shapes, outputs=[output])
         results[kind] = _records_as_dicts(records)
         record_engine_parity(export_dir, entry["key"], kind, records)

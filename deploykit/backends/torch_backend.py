@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -13,16 +15,46 @@ def as_output_list(result) -> list[torch.Tensor]:
     return list(result) if isinstance(result, (list, tuple)) else [result]
 
 
-@torch.inference_mode()
-def run_named(fn, feed: dict[str, np.ndarray], input_names: list[str], output_names: list[str], device: str,
-              dtype: torch.dtype = torch.float32) -> dict[str, np.ndarray]:
-    """Call ``fn`` (a module or a loaded package) on the feed's arrays in ``input_names`` order; float32 numpy out."""
-    args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(device, dtype) for n in input_names]
-    outs = as_output_list(fn(*args))
-    return {n: o.float().cpu().numpy() for n, o in zip(output_names, outs)}
+@contextlib.contextmanager
+def strict_fp32(device: str = "cuda"):
+    """No TF32 while the block runs: PyTorch on CUDA uses TF32 for convolutions by default, and an FP32 reference or
+    FP32 parity must be real FP32. A no-op for a CPU ``device``."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-class TorchBackend(Backend):
+class CallableBackend(Backend):
+    """A PyTorch callable with named inputs in the zoo's order and named outputs. ``module`` is the callable: an
+    ``nn.Module`` or a loaded AOTInductor package."""
+
+    def __init__(self, module, input_names: list[str], output_names: list[str], *, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.module, self.device, self._dtype = module, device, dtype
+        self._inputs, self._outputs = list(input_names), list(output_names)
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._outputs
+
+    @torch.inference_mode()
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device, self._dtype) for n in self._inputs]
+        outs = as_output_list(self.module(*args))
+        return {n: o.float().cpu().numpy() for n, o in zip(self._outputs, outs)}
+
+
+class TorchBackend(CallableBackend):
     """Runs an ``nn.Module`` with named inputs in the zoo's order; outputs named as the spec says.
 
     Like ``nn.Module.to``, it puts the module in eval mode and moves/casts it in place: pass a copy to keep the
@@ -33,19 +65,6 @@ class TorchBackend(Backend):
                  device: str = "cpu", precision: str = "fp32", name: str = "torch",
                  compute_dtype: torch.dtype | None = None):
         """``compute_dtype`` overrides the dtype implied by ``precision`` (FP16 emulated in float32 on CPU)."""
-        self.module = module.eval().to(device)
-        self._dtype = compute_dtype or (torch.float16 if precision == "fp16" else torch.float32)
-        self.module = self.module.to(self._dtype)
-        self._inputs, self._outputs = list(input_names), list(output_names)
-        self.name, self.device, self.precision = name, device, precision
-
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return run_named(self.module, feed, self._inputs, self._outputs, self.device, self._dtype)
+        dtype = compute_dtype or (torch.float16 if precision == "fp16" else torch.float32)
+        super().__init__(module.eval().to(device).to(dtype), input_names, output_names, device=device, dtype=dtype)
+        self.name, self.precision = name, precision
