@@ -7,6 +7,7 @@ end, manifest last. The manifest lists every file with its sha256, so a reader c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -56,9 +57,19 @@ class Staging:
 def share_mode(path: str | Path) -> None:
     """Give a file the mode a plain ``open()`` would (0666 minus the umask): mkstemp makes 0600 files, and
     artifacts, images and results are meant to be shipped and shared."""
-    umask = os.umask(0)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where possible: os.umask can only be read by setting it, and a file
+    another thread creates in between would get the temporary mask."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o077)  # the strictest mask while it is read
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return umask
 
 
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
