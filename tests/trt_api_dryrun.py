@@ -74,11 +74,18 @@ def _real_class(type_text: str):
     return obj if inspect.isclass(obj) else None
 
 
-def _accepts(type_text: str, value) -> bool:
+def _bare(type_text: str) -> tuple[str, bool]:
+    """('int', True) for 'typing.Optional[int]': the type without its typing prefix, and whether None is allowed."""
     t = type_text.removeprefix("typing.").removeprefix("typing_extensions.")
-    if t.startswith("Optional[") and value is None:
+    if t.startswith("Optional["):
+        return t.removeprefix("Optional[").removesuffix("]"), True
+    return t, False
+
+
+def _accepts(type_text: str, value) -> bool:
+    t, optional = _bare(type_text)
+    if optional and value is None:
         return True
-    t = t.removeprefix("Optional[").removesuffix("]") if t.startswith("Optional[") else t
     if t in ("SupportsInt", "int"):
         return isinstance(value, int) or hasattr(value, "__index__")
     if t in ("SupportsFloat", "float"):
@@ -95,7 +102,7 @@ def _accepts(type_text: str, value) -> bool:
             return True
         except TypeError:
             return False
-    cls = _real_class(type_text)
+    cls = _real_class(t)
     if cls is None:
         return True  # a type this checker does not model (recorded as unchecked by the caller)
     if cls is trt.Dims or issubclass(cls, trt.Dims):
@@ -110,9 +117,8 @@ _PRIMITIVES = {"SupportsInt", "int", "SupportsFloat", "float", "bool", "str", "t
 
 def _modeled(type_text: str) -> bool:
     """Whether _accepts really checks this parameter type (else it lets any value through)."""
-    t = type_text.removeprefix("typing.").removeprefix("typing_extensions.")
-    t = t.removeprefix("Optional[").removesuffix("]") if t.startswith("Optional[") else t
-    return t in _PRIMITIVES or _real_class(type_text) is not None
+    t, _ = _bare(type_text)
+    return t in _PRIMITIVES or _real_class(t) is not None
 
 
 class Recorder:
