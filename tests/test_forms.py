@@ -36,13 +36,7 @@ FORM_CLASSES = {"unfold": forms.PixelConvUnfold, "shift": forms.PixelConvShift}
 FORBIDDEN_OPS = {"Loop", "Scan", "SequenceConstruct", "SequenceAt"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny forwards are faster on one thread, and much faster when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny forwards: one thread is faster
 
 
 def _session(path) -> ort.InferenceSession:

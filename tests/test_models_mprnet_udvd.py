@@ -11,13 +11,7 @@ from models_src.mprnet import MPRNET_VARIANTS, DownSample, MPRNet
 from models_src.udvd import PixelConv, UDVD
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """These tiny forwards are faster on one thread, and much faster when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny forwards: one thread is faster
 
 
 def n_params(model: nn.Module) -> int:

@@ -38,12 +38,7 @@ VARIANTS = {"panet:dn": 5_957_279, "panet:car": 5_954_973, "panet:demosaic": 5_9
             "paedsr:x2": 40_811_870, "paedsr:x3": 43_762_270, "paedsr:x4": 43_172_190}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny forwards: one thread is faster
 
 
 @pytest.fixture(scope="module")
