@@ -192,8 +192,15 @@ def doctor_cmd(
     console.print(table)
 
 
+def _usage_error_type() -> type[Exception]:
+    """typer's usage-error base (``ClickException``): typer 0.29+ carries its own copy of click as ``typer._click``,
+    older releases re-export click's; ``typer.BadParameter`` derives from it on both, so no click import."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    """Console-script entry: one-line errors and a non-zero exit code instead of tracebacks."""
+    """Console-script entry: one-line errors and a non-zero exit code instead of tracebacks; usage errors print
+    typer's usage line and reason and exit 2."""
     try:
         code = app(standalone_mode=False)
     except DeployKitError as exc:
@@ -207,13 +214,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted; previous artifacts are left intact")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except _usage_error_type() as exc:  # unknown option/command, bad value, missing argument
+        exc.show()
+        sys.exit(exc.exit_code)
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -128,3 +128,25 @@ def test_doctor_reports_what_runs_here_and_what_to_install(cli_run, monkeypatch)
     monkeypatch.setattr(doctor, "_version", lambda d: "1.31.1" if d == "onnxruntime-gpu" else real(d))
     clash = [c for c in doctor.run_checks() if c.area == "onnxruntime" and c.status == doctor.WARN]
     assert len(clash) == 1 and "pip uninstall -y onnxruntime onnxruntime-gpu" in clash[0].fix
+
+
+@pytest.mark.parametrize("args,reason", [
+    (("list", "--nosuch"), "No such option"),
+    (("bench", "vapsr", "--threads", "x"), "Invalid value for '--threads'"),
+    (("nosuchcmd",), "No such command 'nosuchcmd'"),
+    (("export",), "Missing argument"),
+])
+def test_usage_errors_through_the_console_script(args, reason):
+    """Usage mistakes print typer's usage line and the reason and exit 2, through the installed script (a new
+    typer once made every one of them a traceback)."""
+    import shutil
+    import subprocess
+
+    script = shutil.which("deploykit")
+    if script is None:
+        pytest.skip("the deploykit console script is not installed (pip install -e .)")
+    proc = subprocess.run([script, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.lstrip().startswith(f"Usage: deploykit {args[0] if args[0] != 'nosuchcmd' else ''}".rstrip())
+    assert reason in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
