@@ -15,8 +15,8 @@ import time
 import traceback
 
 from deploykit.errors import DeployKitError
-from deploykit.export_pipeline import export
-from deploykit.zoo import families
+from deploykit.exporting.pipeline import export
+from deploykit.zoo.registry import families
 
 
 def main() -> int:

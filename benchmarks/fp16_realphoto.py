@@ -2,7 +2,7 @@
 
 Per model (default variant of each family, plus VapSR x4 with its released weights):
 
-1. ``deploykit.export_pipeline.export(name, weights, fp16=True)`` into a temporary directory;
+1. ``deploykit.exporting.pipeline.export(name, weights, fp16=True)`` into a temporary directory;
 2. PyTorch FP32 reference (``build_model`` with the same seed/weights, so weights equal the exported ones),
    with forward hooks on every leaf module recording the largest |activation|;
 3. ONNX Runtime CPU on the ``.fp32.onnx`` (sanity) and on the ``.fp16.onnx``;
@@ -40,16 +40,16 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploykit.bench import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
+from deploykit.util.system import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
 
-from deploykit.backends import OrtBackend
-from deploykit.export_pipeline import export
-from deploykit.factory import build_model
-from deploykit.forms import ImageOutput
-from deploykit.fp16 import Fp16RoundingEmulation
-from deploykit.manifest import tool_versions
-from deploykit.parity import compare
-from deploykit.zoo import get_spec
+from deploykit.runtime.ort import OrtBackend
+from deploykit.exporting.pipeline import export
+from deploykit.zoo.factory import build_model
+from deploykit.exporting.forms import ImageOutput
+from deploykit.exporting.fp16 import Fp16RoundingEmulation
+from deploykit.artifacts.manifest import tool_versions
+from deploykit.verify.parity import compare
+from deploykit.zoo.registry import get_spec
 
 PHOTO = Path("/work/shared/images/noisy_real.png")
 VAPSR_X4 = Path("/work/shared/weights/VapSR_X4.pth")

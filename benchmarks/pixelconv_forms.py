@@ -2,7 +2,7 @@
 
 Measures, per form:
 
-(a) the whole UDVD x2 model, exported by ``deploykit.export_pipeline.export`` (FP32, simplified, default
+(a) the whole UDVD x2 model, exported by ``deploykit.exporting.pipeline.export`` (FP32, simplified, default
     exporter choice) into a temporary directory, at LR input sizes 256x256 and 512x512, batch 1;
 (b) the PixelConv op alone (C=3, k=5; scale 2 as in UpDyConv, scale 1 as in ComDyConv) at the same sizes,
     exported with the same exporter and simplifier.
@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploykit.bench import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
+from deploykit.util.system import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
 
 FORMS = ("shift", "unfold")
 K = 5
@@ -75,7 +75,7 @@ def rss_kib(field: str = "VmRSS") -> int:
 # --- graphs ------------------------------------------------------------------------------------------------------
 
 def export_udvd(form: str, out_dir: Path) -> dict:
-    from deploykit.export_pipeline import export
+    from deploykit.exporting.pipeline import export
 
     start = time.perf_counter()
     result = export("udvd", out=out_dir / form, forms={"pixelconv": form}, fp16=False)
@@ -90,9 +90,9 @@ def export_pixelconv(form: str, scale: int, exporter: str, path: Path) -> dict:
     import torch
     from torch import nn
 
-    from deploykit import forms
-    from deploykit.onnx_export import dim_request, export_onnx, finalize, save_onnx
-    from deploykit.simplify import simplify
+    from deploykit.exporting import forms
+    from deploykit.exporting.onnx_export import dim_request, export_onnx, finalize, save_onnx
+    from deploykit.exporting.simplify import simplify
 
     class FormOnly(nn.Module):
         def __init__(self):
@@ -121,8 +121,8 @@ def export_pixelconv(form: str, scale: int, exporter: str, path: Path) -> dict:
 # --- inputs and sessions -------------------------------------------------------------------------------------
 
 def udvd_feed(size: int) -> dict[str, np.ndarray]:
-    from deploykit.inputs import random_inputs
-    from deploykit.zoo import get_spec
+    from deploykit.zoo.sample_inputs import random_inputs
+    from deploykit.zoo.registry import get_spec
 
     return random_inputs(get_spec("udvd"), (1, size, size), seed=0)
 

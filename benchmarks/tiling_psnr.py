@@ -1,4 +1,4 @@
-"""Tiled vs untiled output on a real photo: PSNR per model family and overlap (deploykit.tiling as infer runs it).
+"""Tiled vs untiled output on a real photo: PSNR per model family and overlap (deploykit.imaging.tiling as infer runs it).
 
 Per model (the default variant of each family; VapSR x4 with its released weights, every other model a seeded
 random initialisation, so their rows are a seam / boundary-effect check, not an image-quality figure):
@@ -41,15 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from deploykit.backends.torch_backend import TorchBackend  # noqa: E402
-from deploykit.factory import build_model  # noqa: E402
-from deploykit.forms import ImageOutput  # noqa: E402
-from deploykit.images import read_image  # noqa: E402
-from deploykit.infer import extra_inputs  # noqa: E402
-from deploykit.manifest import tool_versions  # noqa: E402
-from deploykit.tiling import plan_tiles, run_tiled  # noqa: E402
+from deploykit.runtime.torch_backend import TorchBackend  # noqa: E402
+from deploykit.zoo.factory import build_model  # noqa: E402
+from deploykit.exporting.forms import ImageOutput  # noqa: E402
+from deploykit.imaging.images import read_image  # noqa: E402
+from deploykit.infer.run import extra_inputs  # noqa: E402
+from deploykit.artifacts.manifest import tool_versions  # noqa: E402
+from deploykit.imaging.tiling import plan_tiles, run_tiled  # noqa: E402
 
-from deploykit.bench import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
+from deploykit.util.system import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
 
 PHOTO = Path("/work/shared/images/noisy_real.png")
 VAPSR_X4 = Path("/work/shared/weights/VapSR_X4.pth")

@@ -9,6 +9,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
+from deploykit._version import __version__
+from deploykit.errors import BackendUnavailableError
+from deploykit.runtime.gpu import gpu_info, import_tensorrt
+from deploykit.serve.cpp_build import missing_headers, missing_tools, torch_cmake_prefix
+from deploykit.trt.plan import choose_build_path
+
 OK, MISSING, WARN = "ok", "missing", "warning"
 
 
@@ -79,9 +85,6 @@ def _onnxruntime() -> list[Check]:
 
 
 def _tensorrt() -> list[Check]:
-    from deploykit.errors import BackendUnavailableError
-    from deploykit.trt_build import choose_build_path, gpu_info, import_tensorrt
-
     try:
         trt = import_tensorrt()
     except BackendUnavailableError as exc:
@@ -98,8 +101,6 @@ def _tensorrt() -> list[Check]:
 
 
 def _cpp() -> list[Check]:
-    from deploykit.cpp_build import missing_headers, missing_tools, torch_cmake_prefix
-
     checks = []
     missing = missing_tools() + missing_headers()
     if missing:
@@ -115,8 +116,6 @@ def _cpp() -> list[Check]:
 
 def run_checks() -> list[Check]:
     """Every check, in display order."""
-    from deploykit import __version__
-
     torch_check, cuda_check = _torch()
     checks = [Check("core", "deploykit", OK, f"{__version__} (Python {platform.python_version()})"), torch_check]
     for dist, needed in (("onnx", "export"), ("onnxscript", "the dynamo exporter"), ("onnxslim", "simplify"),

@@ -53,3 +53,15 @@ class EngineMismatchError(EngineError):
 class InputError(DeployKitError):
     """An input that `infer` cannot use: an unreadable, corrupt or unsupported image file, an output that cannot be
     written, or inference options that do not fit the model (degradation spec, dual-pixel pair, tile size)."""
+
+
+class BenchError(DeployKitError):
+    """A benchmark request that cannot be run as given (sizes, backends, nothing to benchmark)."""
+
+
+class CppBuildError(DeployKitError):
+    """The C++ runners cannot be found, configured, built or run (missing tools, headers, sources or binaries)."""
+
+
+class TritonRequestError(DeployKitError):
+    """The server answered a request with an error (bad shape or dtype, model failure, timeout)."""

@@ -38,10 +38,10 @@ load with ``strict=True`` and give the official numbers:
   output size as ``floor(in * s)`` (float64) and then sampled with the in/out ratio; PyTorch >= 1.6 samples with
   ``s`` itself unless ``recompute_scale_factor=True``. This file passes ``recompute_scale_factor=True`` to keep the
   authors' behaviour. The float64 product makes some sizes one smaller than the exact rational floor (for the 0.7
-  level: 90 -> 62, 170 -> 118, ...); ``deploykit.forms_panet`` reproduces that in exported graphs.
+  level: 90 -> 62, 170 -> 118, ...); ``deploykit.export.forms_panet`` reproduces that in exported graphs.
 
 The attention's memory and time grow with (H*W)^2 (the score tensor holds about 3.3 (H*W)^2 floats), which is
-why the official test scripts always run the recursive ``forward_chop`` (``deploykit.chop``).
+why the official test scripts always run the recursive ``forward_chop`` (``deploykit.imaging.chop``).
 """
 
 from __future__ import annotations

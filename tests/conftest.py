@@ -40,11 +40,12 @@ def cli_run(monkeypatch, capsys):
     """Run ``deploykit ARGS…`` through cli.main (one-line errors, exit codes) -> (exit code, stdout, stderr)."""
     import sys
 
-    from deploykit import cli
+    from deploykit.cli import app as cli
+    from deploykit.cli import console
 
     def run(*args: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["deploykit", *args])
-        monkeypatch.setattr(cli.console, "width", 200)
+        monkeypatch.setattr(console.console, "width", 200)
         code = 0
         try:
             cli.main()

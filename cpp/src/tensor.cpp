@@ -25,7 +25,7 @@ std::string Tensor::shape_text() const {
 Tensor image_to_nchw(const Image& image, float lo, float hi) {
     const int64_t c = image.channels, h = image.height, w = image.width;
     Tensor t({1, c, h, w});
-    // float32(1 / peak) times the sample, as deploykit.images does: the same bits as the Python path
+    // float32(1 / peak) times the sample, as deploykit.imaging.images does: the same bits as the Python path
     const float scale = static_cast<float>(1.0 / (image.bit_depth == 16 ? 65535.0 : 255.0));
     for (int64_t y = 0; y < h; ++y)
         for (int64_t x = 0; x < w; ++x)

@@ -1,7 +1,7 @@
 // NCHW float tensors on the host: image conversion, reflect padding to the shape contract, cropping, .npy dumps.
 //
-// Padding and rounding follow the Python side exactly (deploykit.tiling.padded_size / reflect_index,
-// deploykit.images.quantize): right/bottom reflection without edge repeat, extended periodically when the pad is
+// Padding and rounding follow the Python side exactly (deploykit.imaging.tiling.padded_size / reflect_index,
+// deploykit.imaging.images.quantize): right/bottom reflection without edge repeat, extended periodically when the pad is
 // larger than the image; output values clamped to [0, 1] and rounded half-to-even (np.rint) to 8 or 16 bits.
 #pragma once
 

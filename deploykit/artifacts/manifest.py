@@ -1,0 +1,108 @@
+"""The manifest: the contract with C++ and edge apps (``exports/<model>/<variant>/manifest.json``).
+
+Versioned schema. It says what the graph takes and returns (names, dtypes, layout, value range, shape contract),
+which files exist (sha256, bytes), how they were made (exporter, opset, forms, simplifier, FP32-kept nodes, tool
+versions) and how they were proven (parity figures per backend, precision and shape).
+
+This module is the manifest's one reader and one writer: :func:`write_manifest` writes a whole new one (an
+export, in its staging folder), :func:`update_manifest` changes an existing one in place (an engine, an
+AOTInductor package, parity records), atomically and keeping every key it does not touch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from deploykit.errors import ArtifactError
+from deploykit.util.files import write_json_atomic
+from deploykit.zoo.spec import ModelSpec
+
+SCHEMA = "deploykit.manifest"
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+_TOOLS = ("deploykit", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxsim",
+          "onnxconverter-common", "numpy")
+
+
+def tool_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def io_section(spec: ModelSpec, dims_in: dict[str, list], dims_out: dict[str, list]) -> dict:
+    by_name = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    return {
+        "layout": "NCHW",
+        "value_range": list(spec.value_range),
+        "inputs": [{"name": n, "dtype": "float32", "dims": d, "description": by_name[n].description}
+                   for n, d in dims_in.items()],
+        "outputs": [{"name": n, "dtype": "float32", "dims": d, "description": by_name[n].description}
+                    for n, d in dims_out.items()],
+    }
+
+
+def contract_section(spec: ModelSpec) -> dict:
+    return {"scale": spec.scale, "multiple_of": spec.multiple_of, "min_size": spec.min_size,
+            "square": spec.square, "padding": "reflect right/bottom to multiple_of, crop the output back"}
+
+
+def new_manifest(spec: ModelSpec) -> dict:
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": spec.name, "family": spec.family, "variant": spec.variant, "task": spec.task,
+                  "params": spec.params, "source": spec.source},
+        "shape_contract": contract_section(spec),
+        "tools": tool_versions(),
+    }
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Load a manifest (or the one inside a directory); ArtifactError when missing or of another schema."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"no manifest at {path}; run 'deploykit export' first") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read manifest {path}: {exc}") from exc
+    if data.get("schema") != SCHEMA:
+        raise ArtifactError(f"{path} is not a deploykit manifest (schema {data.get('schema')!r})")
+    if data.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ArtifactError(f"{path} has schema version {data['schema_version']}; this deploykit reads "
+                            f"up to {SCHEMA_VERSION}: upgrade deploykit")
+    return data
+
+
+def manifest_path(path: str | Path) -> Path:
+    """An export directory or its manifest.json -> the manifest.json path."""
+    path = Path(path)
+    return path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
+
+
+def write_manifest(path: str | Path, manifest: dict) -> None:
+    """Write a whole manifest (strict JSON, atomically) into ``path`` (a directory or the manifest file)."""
+    write_json_atomic(manifest_path(path), manifest)
+
+
+def update_manifest(path: str | Path, change: Callable[[dict], object]) -> dict:
+    """Read the manifest, let ``change`` edit it in place, write it back atomically; returns the new manifest.
+    Every key ``change`` leaves alone is kept as it was."""
+    file = manifest_path(path)
+    manifest = read_manifest(file)
+    change(manifest)
+    write_json_atomic(file, manifest)
+    return manifest

@@ -1,0 +1,94 @@
+"""The memory guard's verdict for one case: host memory from the traced activations (ONNX Runtime's factor
+calibrated per model by a probe run), device memory for CUDA backends, written into the record. A case that does
+not fit is skipped with the estimate and a ``--tile`` hint, never run into an OOM or swap.
+"""
+
+from __future__ import annotations
+
+from deploykit.bench.backends import Notify, make_backend
+from deploykit.bench.flops import MemoryTrace
+from deploykit.bench.memory import HOST_FACTORS, PROBED_BACKENDS, MemoryGuard, check_memory, probe_calibration
+from deploykit.bench.plan import PARITY_SEED, BenchSettings, Case, Event, Work
+from deploykit.bench.records import BenchRecord
+from deploykit.bench.state import ModelState
+from deploykit.errors import BackendUnavailableError, DeployKitError
+from deploykit.util.system import release_memory
+from deploykit.util.text import one_line
+from deploykit.zoo.sample_inputs import random_inputs
+
+
+def memory_guard(case: Case, state: ModelState, settings: BenchSettings, device: str, work: Work,
+                 record: BenchRecord, event: Event) -> MemoryGuard | None:
+    """The guard's verdict for the case (host memory; plus device memory for CUDA backends).
+
+    Returns None when the case already ended (its probe failed or the backend is unavailable)."""
+    trace = state.trace(work.hw, work.run_batch, "fp32")
+    guard = check_memory(trace.peak_bytes, pool="host", spec=state.spec, batch=work.run_batch,
+                         extra_bytes=2 * work.held_bytes,
+                         factor=HOST_FACTORS.get(case.backend, max(HOST_FACTORS.values())),
+                         trace_at=state.trace_at(work.run_batch))
+    record.memory = {"estimate_bytes": guard.estimate_bytes, "available_bytes": guard.available_bytes,
+                     "reserve_bytes": guard.reserve_bytes, "trace_peak_bytes": trace.peak_bytes,
+                     "guard_factor": guard.factor}
+    if case.backend in ("ort-cuda", "trt") or (device == "cuda" and case.backend.startswith("torch")):
+        return _device_guard(case, state, work, record)
+    if guard.fits and case.backend in PROBED_BACKENDS:
+        return _probed_guard(case, state, settings, device, work, record, event, trace)
+    return guard
+
+
+def _device_guard(case: Case, state: ModelState, work: Work, record: BenchRecord) -> MemoryGuard:
+    """CUDA backends: the trace in the run's dtype against free device memory; the host keeps the I/O copies only.
+    Returns the device verdict when it does not fit, else the host one."""
+    spec, (h, w) = state.spec, case.hw
+    gtrace = state.trace(work.hw, work.run_batch, case.precision)
+    gpu_guard = check_memory(gtrace.peak_bytes, pool="cuda", spec=spec, batch=work.run_batch,
+                             trace_at=state.trace_at(work.run_batch, case.precision))
+    host_bytes = 2 * work.held_bytes + 4 * sum(t.channels for t in spec.inputs) * h * w * work.images
+    guard = check_memory(0, pool="host", spec=spec, extra_bytes=host_bytes)
+    record.memory.update(estimate_bytes=guard.estimate_bytes, gpu_estimate_bytes=gpu_guard.estimate_bytes,
+                         gpu_available_bytes=gpu_guard.available_bytes, gpu_trace_peak_bytes=gtrace.peak_bytes)
+    return guard if gpu_guard.fits else gpu_guard
+
+
+def _probed_guard(case: Case, state: ModelState, settings: BenchSettings, device: str, work: Work,
+                  record: BenchRecord, event: Event, trace: MemoryTrace) -> MemoryGuard | None:
+    """ONNX Runtime: the host guard again with the factor and fixed bytes its probe measured for this model."""
+    try:
+        cal = calibration(case, state, settings, device, lambda m: event("export", m))
+    except BackendUnavailableError as exc:
+        record.stop("skipped", f"backend unavailable: {exc}", event, case.label)
+        return None
+    except Exception as exc:  # noqa: BLE001 (an export or probe failure ends this case, not the benchmark)
+        reason = one_line(exc, 300, name_type=not isinstance(exc, DeployKitError))
+        record.stop("error", f"memory probe failed: {reason}", event, case.label)
+        return None
+    guard = check_memory(trace.peak_bytes, pool="host", spec=state.spec, batch=work.run_batch,
+                         extra_bytes=2 * work.held_bytes, factor=cal["factor"], fixed=cal["fixed_bytes"],
+                         trace_at=state.trace_at(work.run_batch))
+    record.memory.update(estimate_bytes=guard.estimate_bytes, available_bytes=guard.available_bytes,
+                         guard_factor=guard.factor, calibration=cal)
+    return guard
+
+
+def calibration(case: Case, state: ModelState, settings: BenchSettings, device: str, notify: Notify) -> dict:
+    """Per (backend, precision, batch), once per model: run a fresh backend at the probe sizes and fit the guard's
+    factor (``memory.probe_calibration``)."""
+    key = (case.backend, case.precision, case.batch)
+    if key in state.calibrations:
+        return state.calibrations[key]
+    spec = state.spec
+    backend, _ = make_backend(case, state, settings, device, notify)
+    try:
+        result = probe_calibration(
+            lambda size: backend.run(random_inputs(spec, (case.batch, size, size), seed=PARITY_SEED)), spec,
+            lambda size: state.trace((size, size), case.batch).peak_bytes, HOST_FACTORS.get(case.backend, 2.0))
+    finally:
+        backend.close()
+        release_memory()
+    sizes = result["sizes"]
+    notify(f"memory probe {spec.name} {case.backend}/{case.precision} at {sizes[0]}² and {sizes[1]}²: "
+           f"{result['ratio']:.2f} x traced bytes -> guard factor {result['factor']:.2f} "
+           f"+ {result['fixed_bytes'] / 2**20:.0f} MiB ({result['seconds']:.0f} s)")
+    state.calibrations[key] = result
+    return result

@@ -1,0 +1,212 @@
+"""What a benchmark writes: one record per case, the result (schema ``deploykit.bench`` v1), what each figure
+means (``METHODS``), and the machine and library versions it ran with. Plain data, JSON-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import shlex
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+
+import numpy as np
+import torch
+
+from deploykit.artifacts.manifest import tool_versions
+from deploykit.bench.memory import GPU_FACTOR, HOST_FACTORS, PROBE_MARGIN, PROBE_SIZES
+from deploykit.bench.plan import BenchSettings, Event
+from deploykit.runtime.gpu import gpu_info, ort_providers
+from deploykit.util.sizes import fmt_wxh
+from deploykit.util.system import cpu_count, cpu_model, cpu_slug, meminfo
+from deploykit.util.text import slug
+
+SCHEMA = "deploykit.bench"
+SCHEMA_VERSION = 1
+
+LATENCY_NOTE = {
+    "torch:cpu": "PyTorch eager module call under inference_mode on host tensors (numpy views, no copies)",
+    "torch-compile:cpu": "torch.compile'd module call (inductor) on host tensors; compilation is in first_run_ms",
+    "ort:cpu": "InferenceSession.run on host numpy arrays (ONNX Runtime CPU EP)",
+    "cuda": "host numpy in -> H2D copy -> compute -> D2H copy -> host numpy out; device synchronised at both ends",
+}
+METHODS = {
+    "latency": "time.perf_counter_ns around one Backend.run(feed) per iteration, after warm-up; the first call is "
+               "reported separately as first_run_ms. CUDA: synchronised before start and stop, H2D and D2H copies "
+               "included (gpu_compute_ms: CUDA events around the device-resident forward, PyTorch only)",
+    "percentiles": "nearest rank: the ceil(p/100 * n)-th smallest sample",
+    "megapixels_per_s": "input megapixels x batch / median latency",
+    "flops": "torch.utils.flop_counter.FlopCounterMode (conv/matmul FLOPs = 2 x MACs; element-wise ops not "
+             "counted) at 64x64 on the meta device, scaled linearly by pixel count (fully convolutional nets; "
+             "checked at a second size). A model whose count is not linear (global attention: PANet) is counted "
+             "at each size instead; flops_method in each record says which",
+    "tflops": "flops_per_image x batch / median latency",
+    "memory": "host: peak RSS (VmHWM, reset via /proc/self/clear_refs) over the case's runs minus RSS before the "
+              "first run; CUDA: torch.cuda.max_memory_allocated (PyTorch) or the engine's device memory (TensorRT)",
+    "memory_guard": "estimate = factor x peak live activation bytes of one PyTorch eager forward at the size "
+                    "(meta-device trace) + fixed + 2 x the output. PyTorch: factor 2, fixed 256 MiB; ONNX Runtime: "
+                    f"factor = max({HOST_FACTORS['ort']:g}, {PROBE_MARGIN:g} x measured/traced marginal bytes of a "
+                    "fresh session run twice at "
+                    f"{PROBE_SIZES[0]}^2 and {PROBE_SIZES[1]}^2), fixed likewise (memory.calibration). Skipped when "
+                    "above MemAvailable (cgroup-capped) minus max(1 GiB, 10% of RAM), with the largest --tile that "
+                    f"fits. GPU: {GPU_FACTOR:g} x the trace in the run's dtype + 256 MiB against free device memory "
+                    "- 512 MiB",
+    "parity": "against the PyTorch FP32 run at the same resolution and input (seeded uniform image, seed 1), "
+              "reused by every backend; FP32 passes at max abs <= 1e-4, FP16 at PSNR >= the model's floor",
+}
+
+
+def latency_note(backend_kind: str, device: str) -> str:
+    """What the latency of a ``backend_kind`` run on ``device`` includes (``latency_includes`` of a record)."""
+    if str(device).startswith("cuda"):
+        return LATENCY_NOTE["cuda"]
+    return LATENCY_NOTE.get(f"{backend_kind}:cpu", "Backend.run on host numpy arrays")
+
+
+def json_safe(value):
+    """``value`` with non-finite floats as None and numpy scalars as Python numbers (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return json_safe(float(value))
+    return value
+
+
+@dataclass
+class BenchRecord:
+    """One (model, backend, precision, resolution) result; ``status`` is ok, skipped or error."""
+
+    model: str
+    family: str
+    variant: str
+    backend: str
+    precision: str
+    batch: int
+    input_hw: list[int]
+    output_hw: list[int]
+    status: str = "ok"
+    reason: str | None = None
+    runtime: str | None = None
+    device: str | None = None
+    artifact: dict | None = None
+    warmup: int = 0
+    iterations: int = 0
+    first_run_ms: float | None = None
+    latency_ms: dict = field(default_factory=dict)
+    latency_includes: str | None = None
+    gpu_compute_ms: dict | None = None
+    megapixels_per_s: float | None = None
+    output_megapixels_per_s: float | None = None
+    flops_per_image: int | None = None
+    flops_method: str | None = None
+    tflops: float | None = None
+    memory: dict = field(default_factory=dict)
+    parity: dict | None = None
+    tile: dict | None = None
+    seconds: float | None = None
+    loadavg: dict | None = None  # /proc/loadavg (1, 5, 15 min) when the timed runs started and ended
+
+    @property
+    def input_wxh(self) -> str:
+        return fmt_wxh(self.input_hw)
+
+    @property
+    def output_wxh(self) -> str:
+        return fmt_wxh(self.output_hw)
+
+    def stop(self, status: str, reason: str, event: Event, label: str) -> None:
+        """End the case as ``status`` ('skipped' or 'error') with its one-line reason, said through ``event``."""
+        self.status, self.reason = status, reason
+        event("skip" if status == "skipped" else "error", f"{label}: {reason}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["input_wxh"], data["output_wxh"] = self.input_wxh, self.output_wxh
+        return json_safe(data)
+
+
+@dataclass
+class BenchResult:
+    settings: BenchSettings
+    records: list[BenchRecord]
+    device: dict
+    versions: dict
+    command: list[str]
+    unavailable: dict[str, str]
+    started: str
+    finished: str
+    loadavg_before: list[float] | None
+    loadavg_after: list[float] | None
+    memory_before: dict
+    memory_after: dict
+    flops: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return json_safe({
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.finished, "started": self.started,
+            "command": shlex.join(self.command), "argv": list(self.command), "device": self.device,
+            "versions": self.versions, "settings": self.settings.to_dict(),
+            "load": {"loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after,
+                     "note": "1/5/15-minute load averages from /proc/loadavg; other processes share this machine"},
+            "host_memory": {"before": self.memory_before, "after": self.memory_after},
+            "unavailable_backends": self.unavailable, "methods": METHODS, "flops": self.flops,
+            "notes": self.notes, "records": [r.to_dict() for r in self.records],
+        })
+
+
+def memory_summary() -> dict:
+    """Host memory now: MemTotal, MemAvailable, SwapTotal, SwapFree (bytes) from /proc/meminfo."""
+    info = meminfo()
+    return {k: info.get(k) for k in ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree")}
+
+
+def _gpu() -> dict | None:
+    """GPU 0's name and compute capability (plus memory and CUDA version through torch), None without one."""
+    try:
+        g = gpu_info(0)
+    except Exception:  # noqa: BLE001 (no GPU: a CPU machine)
+        return None
+    gpu = {"name": g.name, "compute_capability": g.compute_capability}
+    with contextlib.suppress(Exception):
+        if torch.cuda.is_available():
+            gpu["memory_bytes"] = int(torch.cuda.get_device_properties(0).total_memory)
+            gpu["cuda"] = torch.version.cuda
+    return gpu
+
+
+def device_info(threads: dict | None = None) -> dict:
+    """The machine: CPU model and cores, RAM, GPU name and compute capability when CUDA is visible, and a slug."""
+    info = {"cpu": cpu_model(), "cpu_cores_visible": cpu_count(), "cpu_cores_total": os.cpu_count(),
+            "ram_bytes": meminfo().get("MemTotal"), "platform": platform.platform(), "gpu": _gpu(),
+            "threads": threads or {}}
+    gpu = info["gpu"]
+    if gpu:
+        info["slug"] = "gpu-" + slug(gpu["name"]).lower()
+        info["name"] = f"{gpu['name']} (sm {gpu['compute_capability']}) + {info['cpu']}"
+    else:
+        info["slug"] = cpu_slug()
+        info["name"] = f"{info['cpu']} ({info['cpu_cores_visible']} CPUs visible)"
+    return info
+
+
+def library_versions() -> dict[str, str | None]:
+    """The manifest's tool versions plus the optional GPU/plot/CLI packages and ONNX Runtime's providers."""
+    versions = dict(tool_versions())
+    for name in ("onnxruntime-gpu", "tensorrt", "matplotlib", "rich", "typer"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    providers = ort_providers()
+    if providers:
+        versions["onnxruntime_providers"] = ",".join(providers)
+    return versions

@@ -1,0 +1,335 @@
+"""Writers for benchmark results: rich table, JSON (schema ``deploykit.bench`` v1), CSV, PNG plot, Markdown.
+
+Every writer takes the JSON-shaped dict (``BenchResult.to_dict()`` or a loaded file), so tables and plots can be
+regenerated from committed JSON without re-running anything::
+
+    python3 -m deploykit.bench.report benchmarks/results/<device>/<name>.json   # prints the Markdown tables
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from deploykit.util.files import ensure_writable_dir, write_bytes_atomic, write_json_atomic
+
+CSV_COLUMNS = (
+    "model", "backend", "runtime", "precision", "device", "batch", "input_wxh", "output_wxh", "status", "reason",
+    "warmup", "iterations", "first_run_ms", "lat_min_ms", "lat_median_ms", "lat_mean_ms", "lat_p90_ms",
+    "lat_p95_ms", "lat_p99_ms", "lat_max_ms", "lat_stdev_ms", "megapixels_per_s", "output_megapixels_per_s",
+    "flops_per_image", "tflops", "mem_estimate_bytes", "mem_available_bytes", "rss_peak_delta_bytes",
+    "gpu_peak_allocated_bytes", "engine_device_memory_bytes", "parity_reference", "parity_max_abs",
+    "parity_mean_abs", "parity_psnr_db", "parity_nonfinite", "parity_passed", "tile", "overlap", "tiles",
+    "loadavg_1m_start", "loadavg_1m_end", "latency_includes", "artifact",
+)
+
+
+def _gib(n) -> str:
+    return "" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _mib(n) -> str:
+    if n is None:
+        return ""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _ms(v) -> str:
+    if v is None:
+        return ""
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def _num(v, digits: int = 3) -> str:
+    return "" if v is None else f"{v:.{digits}g}"
+
+
+def _flops(v) -> str:
+    if v is None:
+        return ""
+    return f"{v / 1e12:.3g} T" if v >= 1e12 else f"{v / 1e9:.3g} G"
+
+
+def _gflop(flops: float) -> str:
+    g = flops / 1e9
+    return f"{g:,.0f}" if g >= 100 else f"{g:.3g}"
+
+
+def parity_text(parity: dict | None) -> str:
+    if not parity:
+        return ""
+    if parity.get("reference"):
+        return "reference"
+    if not parity.get("checked", True):
+        return "not checked"
+    status = "pass" if parity.get("passed") else "FAIL"
+    max_abs = parity.get("max_abs")
+    psnr = parity.get("psnr_db")
+    return (f"{status} {'' if psnr is None else f'{psnr:.1f} dB'} / "
+            f"{'inf' if max_abs is None else f'{max_abs:.1e}'}" + (f" / NaN {parity['nonfinite']}"
+                                                                    if parity.get("nonfinite") else ""))
+
+
+def flat_row(record: dict) -> dict:
+    """One CSV row (flat columns) for a record dict."""
+    lat = record.get("latency_ms") or {}
+    mem = record.get("memory") or {}
+    par = record.get("parity") or {}
+    tile = record.get("tile") or {}
+    art = record.get("artifact") or {}
+    row = {
+        "model": record["model"], "backend": record["backend"], "runtime": record.get("runtime"),
+        "precision": record["precision"], "device": record.get("device"), "batch": record["batch"],
+        "input_wxh": record["input_wxh"], "output_wxh": record["output_wxh"], "status": record["status"],
+        "reason": record.get("reason"), "warmup": record.get("warmup"), "iterations": record.get("iterations"),
+        "first_run_ms": record.get("first_run_ms"),
+        **{f"lat_{k}_ms": lat.get(k) for k in ("min", "median", "mean", "p90", "p95", "p99", "max", "stdev")},
+        "megapixels_per_s": record.get("megapixels_per_s"),
+        "output_megapixels_per_s": record.get("output_megapixels_per_s"),
+        "flops_per_image": record.get("flops_per_image"), "tflops": record.get("tflops"),
+        "mem_estimate_bytes": mem.get("estimate_bytes"), "mem_available_bytes": mem.get("available_bytes"),
+        "rss_peak_delta_bytes": mem.get("rss_peak_delta_bytes"),
+        "gpu_peak_allocated_bytes": mem.get("gpu_peak_allocated_bytes"),
+        "engine_device_memory_bytes": mem.get("engine_device_memory_bytes"),
+        "parity_reference": bool(par.get("reference")) if par else None,
+        "parity_max_abs": par.get("max_abs"), "parity_mean_abs": par.get("mean_abs"),
+        "parity_psnr_db": par.get("psnr_db"), "parity_nonfinite": par.get("nonfinite"),
+        "parity_passed": par.get("passed"), "tile": tile.get("tile"), "overlap": tile.get("overlap"),
+        "tiles": tile.get("tiles"),
+        "loadavg_1m_start": ((record.get("loadavg") or {}).get("start") or [None])[0],
+        "loadavg_1m_end": ((record.get("loadavg") or {}).get("end") or [None])[0],
+        "latency_includes": record.get("latency_includes"),
+        "artifact": art.get("file"),
+    }
+    return row
+
+
+def csv_text(data: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for record in data["records"]:
+        writer.writerow({k: ("" if v is None else v) for k, v in flat_row(record).items()})
+    return buf.getvalue()
+
+
+# --- rich table ---------------------------------------------------------------------------------------------------
+
+def rich_table(data: dict, title: str | None = None):
+    """A rich Table of every record (skips and errors show their reason)."""
+    device = data.get("device", {})
+    table = Table(title=title or f"deploykit bench on {device.get('name', '?')}", show_lines=False)
+    columns = ("model", "backend", "prec", "input → output", "first ms", "median ms", "p90 ms", "p99 ms", "runs",
+               "MPix/s", "FLOP/img", "TFLOP/s", "RSS Δ / est.", "parity vs torch fp32")
+    wrap = ("parity vs torch fp32", "model")
+    for col in columns:
+        table.add_column(col, no_wrap=col not in wrap, overflow="fold",
+                         justify="right" if col.endswith(("ms", "runs", "MPix/s", "TFLOP/s", "FLOP/img")) else "left")
+    for r in data["records"]:
+        lat = r.get("latency_ms") or {}
+        mem = r.get("memory") or {}
+        base = [r["model"], r.get("runtime") or r["backend"], r["precision"], f"{r['input_wxh']} → {r['output_wxh']}"]
+        if r["status"] != "ok":
+            style = "yellow" if r["status"] == "skipped" else "red"
+            table.add_row(*base, f"[{style}]{r['status']}[/]", "", "", "", "", "", _flops(r.get("flops_per_image")),
+                          "", f"– / {_mib(mem.get('estimate_bytes'))}",
+                          f"[{style}]{escape(r.get('reason') or '')}[/]")
+            continue
+        par = parity_text(r.get("parity"))
+        par_style = "red" if par.startswith("FAIL") else "green" if par.startswith("pass") else "dim"
+        table.add_row(*base, _ms(r.get("first_run_ms")), _ms(lat.get("median")), _ms(lat.get("p90")),
+                      _ms(lat.get("p99")), str(lat.get("count", "")), _num(r.get("megapixels_per_s")),
+                      _flops(r.get("flops_per_image")), _num(r.get("tflops")),
+                      f"{_mib(mem.get('rss_peak_delta_bytes'))} / {_mib(mem.get('estimate_bytes'))}",
+                      f"[{par_style}]{par}[/]")
+    return table
+
+
+# --- Markdown (benchmarks/README.md) --------------------------------------------------------------------------------
+
+def markdown_table(data: dict, *, reasons: bool = True) -> str:
+    """The records as a GitHub Markdown table (latency in ms; skipped rows with their reason)."""
+    head = ("| model | backend | prec | input → output | first run ms | median ms | p90 ms | p99 ms | runs | MPix/s "
+            "| GFLOP/img | TFLOP/s | peak RSS Δ | mem. estimate | load 1m | parity vs PyTorch FP32 (PSNR / max abs) |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in data["records"]:
+        lat = r.get("latency_ms") or {}
+        mem = r.get("memory") or {}
+        gflop = "" if r.get("flops_per_image") is None else _gflop(r["flops_per_image"])
+        io_ = f"{r['input_wxh']} → {r['output_wxh']}"
+        backend = r.get("runtime") or r["backend"]
+        if r["status"] != "ok":
+            why = (r.get("reason") or "").replace("|", "\\|") if reasons else ""
+            lines.append(f"| {r['model']} | {backend} | {r['precision']} | {io_} | **{r['status']}** | | | | | | {gflop} "
+                         f"| | | {_mib(mem.get('estimate_bytes'))} | | {why} |")
+            continue
+        lines.append(
+            f"| {r['model']} | {backend} | {r['precision']} | {io_} | {_ms(r.get('first_run_ms'))} | "
+            f"{_ms(lat.get('median'))} | {_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {lat.get('count', '')} | "
+            f"{_num(r.get('megapixels_per_s'))} | {gflop} | {_num(r.get('tflops'))} | "
+            f"{_mib(mem.get('rss_peak_delta_bytes'))} | {_mib(mem.get('estimate_bytes'))} | {_load(r)} | "
+            f"{parity_text(r.get('parity'))} |")
+    return "\n".join(lines)
+
+
+def _load(record: dict) -> str:
+    load = record.get("loadavg") or {}
+    start, end = (load.get("start") or [None])[0], (load.get("end") or [None])[0]
+    return "" if start is None else f"{start:.1f}→{end:.1f}" if end is not None else f"{start:.1f}"
+
+
+def markdown_header(data: dict) -> str:
+    d, s, v, load = data["device"], data["settings"], data["versions"], data.get("load", {})
+    timed = f"{s['iters']} timed runs" if s.get("iters") else f"timed runs for {s.get('seconds')} s"
+    threads = d.get("threads", {})
+    return (f"Device: **{d.get('name')}**; threads: torch {threads.get('torch_intra_op')}, ORT "
+            f"{threads.get('ort_intra_op')}. torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, onnx "
+            f"{v.get('onnx')}, Python {v.get('python')}. Warm-up {s['warmup']}, {timed}, batch {s['batch']}"
+            + (f", tile {s['tile']} overlap {s['overlap']}" if s.get("tile") else "")
+            + f". Load average before {load.get('loadavg_before')}, after {load.get('loadavg_after')}. "
+            f"Command: `{data.get('command')}`")
+
+
+# --- plot -----------------------------------------------------------------------------------------------------------
+
+def write_plot(data: dict, path: Path) -> Path | None:
+    """latency vs input megapixels (log-log) and achieved TFLOP/s vs megapixels, one line per model/backend/precision.
+
+    Returns None (and writes nothing) when matplotlib is not installed or nothing ran."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    series = plot_series(data)
+    if not series:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6))
+    try:
+        _draw_series(plt, ax1, ax2, series)
+        _label_axes(ax1, ax2, series)
+        _title_and_legend(fig, ax1, data)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    path = Path(path)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, None when matplotlib is not installed (it is optional)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot_series(data: dict) -> dict[tuple, list]:
+    """{(model, runtime, precision): [(input megapixels x batch, median ms, TFLOP/s, input WxH), ...]} of the
+    records that ran."""
+    series: dict[tuple, list] = {}
+    for r in data["records"]:
+        if r["status"] != "ok" or not (r.get("latency_ms") or {}).get("median"):
+            continue
+        key = (r["model"], r.get("runtime") or r["backend"], r["precision"])
+        mpix = r["input_hw"][0] * r["input_hw"][1] * r["batch"] / 1e6
+        series.setdefault(key, []).append((mpix, r["latency_ms"]["median"], r.get("tflops"), r["input_wxh"]))
+    return series
+
+
+def _draw_series(plt, ax1, ax2, series: dict[tuple, list]) -> None:
+    """One line per series on both axes: colour per model, line style and marker per backend/precision."""
+    models = sorted({k[0] for k in series})
+    backends = sorted({(k[1], k[2]) for k in series})
+    cmap = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "P"]
+    for (model, backend, prec), points in sorted(series.items()):
+        points.sort()
+        b = backends.index((backend, prec))
+        kw = {"color": cmap(models.index(model) % cmap.N), "linestyle": styles[b % len(styles)],
+              "marker": markers[b % len(markers)], "label": f"{model} · {backend}/{prec}"}
+        ax1.plot([p[0] for p in points], [p[1] for p in points], **kw)
+        ax2.plot([p[0] for p in points], [p[2] or 0 for p in points], **kw)
+
+
+def _label_axes(ax1, ax2, series: dict[tuple, list]) -> None:
+    """Log axes, one x tick per input size (WxH and megapixels), titles and units."""
+    sizes = sorted({(p[0], p[3]) for pts in series.values() for p in pts})
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xticks([s[0] for s in sizes])
+        ax.set_xticklabels([f"{s[1]}\n{s[0]:.2g} MP" for s in sizes], fontsize=8)
+        ax.minorticks_off()
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("input resolution (W x H, megapixels)")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("median latency per image (ms, log)")
+    ax1.set_title("latency vs resolution")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("achieved TFLOP/s (conv/matmul FLOPs, log)")
+    ax2.set_title("achieved TFLOP/s")
+
+
+def _title_and_legend(fig, ax1, data: dict) -> None:
+    """The device and load average as the title, the series' legend below the plots."""
+    device = data.get("device", {})
+    load = data.get("load", {})
+    fig.suptitle(f"deploykit bench — {device.get('name', '')} — load avg {load.get('loadavg_before')} → "
+                 f"{load.get('loadavg_after')}", fontsize=10)
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * ((len(labels) + 3) // 4), 1, 0.95))
+
+
+# --- all files --------------------------------------------------------------------------------------------------------
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "bench"
+
+
+def results_dir(out_root: str | Path, data: dict) -> Path:
+    return Path(out_root) / data["device"]["slug"]
+
+
+def write_all(data: dict, out_root: str | Path = "benchmarks/results", name: str | None = None) -> dict[str, Path]:
+    """Write ``<out_root>/<device-slug>/<name>.json / .csv / .png``; returns the paths written."""
+    out = ensure_writable_dir(results_dir(out_root, data))
+    stem = _safe_name(name or "bench-" + data["created"].replace(":", "").replace("+0000", "Z")[:17])
+    paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv"}
+    write_json_atomic(paths["json"], data)
+    write_bytes_atomic(paths["csv"], csv_text(data).encode())
+    png = write_plot(data, out / f"{stem}.png")
+    if png is not None:
+        paths["png"] = png
+    return paths
+
+
+def load(path: str | Path) -> dict:
+    data = json.loads(Path(path).read_text())
+    if data.get("schema") != "deploykit.bench":
+        raise ValueError(f"{path} is not a deploykit bench result (schema {data.get('schema')!r})")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the Markdown header and table of each JSON file given (for benchmarks/README.md)."""
+    for path in (argv if argv is not None else sys.argv[1:]):
+        data = load(path)
+        print(f"<!-- {path} -->\n{markdown_header(data)}\n\n{markdown_table(data)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

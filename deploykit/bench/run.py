@@ -1,0 +1,299 @@
+"""``deploykit bench``: latency x resolution x backend x precision, with parity, FLOPs and a memory guard.
+
+Building, running and judging never mix (the Polygraphy split): :mod:`~deploykit.bench.plan` decides *what* runs,
+the memory guard (:mod:`~deploykit.bench.guard`) decides *whether* it may run, :mod:`~deploykit.bench.timing`
+measures, and :mod:`~deploykit.bench.parity` judges against the PyTorch FP32 reference at the same resolution (run
+once per model and resolution, reused by every backend). This module runs the cases in that order.
+
+What each figure means (also written into every JSON file, ``methods``):
+
+* **Latency** (ms): ``time.perf_counter_ns`` around one ``Backend.run(feed)`` call on host numpy arrays, after
+  ``--warmup`` runs; the first call is timed separately (``first_run_ms``: lazy initialisation, compilation).
+  On a CUDA device the device is synchronised before the clock starts and before it stops, and the figure
+  includes the host->device copy of the inputs and the device->host copy of the outputs (like trtexec's
+  "Latency" with ``--includeDataTransfers``); PyTorch on CUDA also reports GPU compute alone, timed with CUDA
+  events on device-resident tensors. ORT on CPU: ``InferenceSession.run`` on host arrays; PyTorch on CPU: the
+  module call under ``inference_mode`` (numpy<->tensor wrapping shares memory, FP16 adds the casts).
+  Statistics: min, median, mean, p90, p95, p99 (nearest-rank percentiles), max, stdev over the timed runs.
+* **MPix/s**: input megapixels x batch / median latency. **FLOPs per image**: see :mod:`deploykit.bench.flops`
+  (counted at 64x64 on the meta device and scaled linearly by pixel count). **TFLOP/s**: FLOPs x batch / median.
+* **Memory**: peak resident set size of this process over the case's runs (``VmHWM`` after resetting it through
+  ``/proc/self/clear_refs``) minus the RSS just before the first run; on CUDA also the allocator peak (PyTorch)
+  or the engine's device memory (TensorRT).
+* **Memory guard**: before a case runs, its working memory is estimated from the peak live activation bytes of
+  one PyTorch eager forward at that size, traced on the meta device (no arithmetic; exact for PyTorch's tensors,
+  also for attention whose memory grows with (H*W)^2): ``estimate = factor x trace + fixed + 2 x output``.
+  PyTorch: ``factor`` 2, ``fixed`` 256 MiB (measured peak RSS growth minus 256 MiB was 0.3-1.1x the trace on the
+  zoo at 256-512 px: oneDNN work buffers, allocator slack). ONNX Runtime plans memory its own way (1-5.8x the
+  trace at 256 px, growing with size: 3.3x at 768 px for MIRNet-v2, 4.3x at 1024 px for VapSR), so its factor is
+  calibrated per model: a fresh session runs twice at 48x48 and at 96x96, and the marginal growth of peak RSS per
+  traced byte, times 2.5, is the factor (at least 4.5). The case is skipped (never an OOM or a swap
+  storm: this machine has no swap) when the estimate exceeds ``MemAvailable`` (/proc/meminfo, capped by a cgroup
+  limit) minus a reserve of max(1 GiB, 10% of RAM); the skip states the estimate and the largest ``--tile`` whose
+  estimate fits. On CUDA the same trace in the run's dtype x 1.5 is checked against free device memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from deploykit.bench.backends import case_device, gpu_compute_times, make_backend, run_once_fn
+from deploykit.bench.guard import memory_guard
+from deploykit.bench.memory import MemoryGuard
+from deploykit.bench.parity import case_parity, ensure_reference, parity_short
+from deploykit.bench.plan import (DEFAULT_RES, PARITY_SEED, BenchSettings, Case, Event, Work, check_options,
+                                  parse_choices, plan_cases, resolve_backends)
+from deploykit.bench.records import (BenchRecord, BenchResult, device_info, latency_note, library_versions,
+                                     memory_summary)
+from deploykit.bench.sources import resolve_models
+from deploykit.bench.state import ModelState
+from deploykit.bench.timing import Timing, latency_stats, time_runs
+from deploykit.errors import BackendUnavailableError, BenchError, DeployKitError, ShapeContractError
+from deploykit.imaging.tiling import plan_tiles
+from deploykit.runtime.base import Backend
+from deploykit.runtime.gpu import cuda_available
+from deploykit.runtime.open import PRECISIONS
+from deploykit.runtime.ort import default_threads
+from deploykit.runtime.torch_backend import strict_fp32
+from deploykit.util.sizes import fmt_wxh, parse_sizes
+from deploykit.util.system import RssMeter, loadavg, release_memory
+from deploykit.util.text import one_line
+from deploykit.zoo.sample_inputs import random_inputs
+
+
+def run_bench(models: Sequence[str] | None = None, *, res: str | Iterable[str] = DEFAULT_RES,
+              backends: Sequence[str] | str | None = None, precisions: Sequence[str] | str | None = None,
+              batch: int = 1, warmup: int = 2, iters: int | None = None, seconds: float | None = None,
+              tile: int | None = None, overlap: int = 32, threads: int | None = None,
+              exports_root: str | Path = "exports", cache_dir: str | Path | None = None,
+              on_event: Event | None = None, command: Sequence[str] | None = None) -> BenchResult:
+    """Benchmark every (model, backend, precision, resolution); see the module docstring for what is measured."""
+    event = on_event or (lambda kind, msg: None)
+    settings, unavailable = _settings(res, backends, precisions, batch=batch, warmup=warmup, iters=iters,
+                                      seconds=seconds, tile=tile, overlap=overlap, threads=threads,
+                                      exports_root=exports_root, cache_dir=cache_dir, event=event)
+    targets = resolve_models(models, exports_root)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    thread_info = {"torch_intra_op": torch.get_num_threads(), "ort_intra_op": threads or default_threads()}
+    started = _now()
+    load_before, mem_before = loadavg(), memory_summary()
+    device = "cuda" if cuda_available() else "cpu"
+    cases = plan_cases(targets, settings.sizes, settings.backends, settings.precisions, batch)
+    event("info", f"{len(cases)} runs planned: {len(targets)} model(s) x {len(settings.sizes)} size(s) x "
+                  f"{len(settings.backends)} backend(s) x {len(settings.precisions)} precision(s); torch on {device}, "
+                  f"threads {thread_info}")
+    records, flops_info = _run_cases(cases, settings, device, event)
+    return BenchResult(settings, records, device_info(thread_info), library_versions(),
+                       list(command) if command is not None else list(sys.argv), unavailable, started, _now(),
+                       load_before, loadavg(), mem_before, memory_summary(), flops_info)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _settings(res, backends, precisions, *, batch: int, warmup: int, iters: int | None, seconds: float | None,
+              tile: int | None, overlap: int, threads: int | None, exports_root, cache_dir,
+              event: Event) -> tuple[BenchSettings, dict[str, str]]:
+    """The options read and checked, and the backends that run here ({backend: why not} for the rest)."""
+    sizes = parse_sizes(res, "--res")
+    default_prec = ("fp32", "fp16") if cuda_available() else ("fp32",)
+    precs = parse_choices(precisions, PRECISIONS, "precision", default_prec)
+    check_options(batch=batch, warmup=warmup, iters=iters, seconds=seconds, tile=tile, threads=threads)
+    run_list, unavailable = resolve_backends(backends)
+    for name, why in unavailable.items():
+        event("skip", f"backend {name} unavailable: {why}")
+    if not run_list:
+        raise BenchError("none of the requested backends is available here: "
+                         + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+    settings = BenchSettings(sizes, run_list, precs, batch, warmup, iters, seconds, tile, overlap, threads,
+                             str(exports_root), str(cache_dir) if cache_dir else None)
+    return settings, unavailable
+
+
+def _run_cases(cases: Sequence[Case], settings: BenchSettings, device: str,
+               event: Event) -> tuple[list[BenchRecord], dict]:
+    """Every case in plan order; one model is built (and its FLOPs counted) at a time, dropped before the next."""
+    records: list[BenchRecord] = []
+    flops_info: dict = {}
+    state: ModelState | None = None
+    for case in cases:
+        skipped = contract_skip(case, event)
+        if skipped is not None:  # decided from the spec alone: no model is built for it
+            records.append(skipped)
+            continue
+        if state is None or state.target is not case.target:
+            if state is not None:
+                state = None
+                release_memory()
+            state = ModelState(case.target, device)
+            flops_info[state.spec.name] = state.flops.to_dict()
+        records.append(run_case(case, state, settings, device, event))
+    del state
+    release_memory()
+    return records, flops_info
+
+
+# --- one case ------------------------------------------------------------------------------------------------------
+
+def new_record(case: Case, warmup: int) -> BenchRecord:
+    spec = case.target.spec
+    h, w = case.hw
+    return BenchRecord(spec.name, spec.family, spec.variant, case.backend, case.precision, case.batch,
+                       [h, w], list(spec.output_size(h, w)), warmup=warmup)
+
+
+def contract_skip(case: Case, event: Event) -> BenchRecord | None:
+    """A skipped record when the size breaks the model's shape contract (multiple_of, min size, square)."""
+    try:
+        case.target.spec.check_size(*case.hw)
+    except ShapeContractError as exc:
+        record = new_record(case, 0)
+        record.stop("skipped", str(exc), event, case.label)
+        return record
+    return None
+
+
+def plan_work(case: Case, state: ModelState, settings: BenchSettings, record: BenchRecord) -> Work:
+    """Tiling plan (with --tile) and FLOPs per image, written into the record."""
+    spec, (h, w) = state.spec, case.hw
+    work = Work((h, w), case.batch, case.batch, 0)
+    if settings.tile:
+        plan = plan_tiles(h, w, spec, settings.tile, settings.overlap)
+        work.hw, work.images = tuple(plan.tile_shape), 1
+        record.batch = 1
+        record.tile = {"tile": settings.tile, "overlap": settings.overlap, "tiles": plan.count,
+                       "tile_hw": list(plan.tile_shape), "tiles_per_run": case.batch,
+                       "tile_runs": math.ceil(plan.count / case.batch), "plan": plan.describe()}
+        tile_flops, record.flops_method = state.flops_at(work.hw)
+        record.flops_per_image = tile_flops * plan.count
+        record.flops_method += f"; {plan.count} tiles incl. overlap"
+    else:
+        record.flops_per_image, record.flops_method = state.flops_at((h, w))
+    out_h, out_w = record.output_hw
+    work.held_bytes = 4 * spec.out_channels * out_h * out_w * work.images  # output kept for parity / tile canvas
+    return work
+
+
+def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str, event: Event) -> BenchRecord:
+    """One case: plan its work, ask the guard, then open, time, measure and judge it (skips and errors end up in
+    the record, never end the benchmark)."""
+    record = new_record(case, settings.warmup)
+    start = time.perf_counter()
+    work = plan_work(case, state, settings, record)
+    guard = memory_guard(case, state, settings, device, work, record, event)
+    if guard is not None and guard.fits:
+        _run_guarded(case, state, settings, device, work, guard, record, event)
+    elif guard is not None:
+        record.stop("skipped", guard.reason(fmt_wxh(case.hw)), event, case.label)
+    record.seconds = round(time.perf_counter() - start, 3)
+    if record.status == "ok":
+        event("done", _done_message(case, record))
+    return record
+
+
+def _run_guarded(case: Case, state: ModelState, settings: BenchSettings, device: str, work: Work,
+                 guard: MemoryGuard, record: BenchRecord, event: Event) -> None:
+    """The case past the guard: reference, backend, timed runs, figures, parity; any failure becomes the record's
+    error, and the backend is closed (unless it is the reference) and its memory released."""
+    feed = random_inputs(state.spec, (work.images, *case.hw), seed=PARITY_SEED)
+    backend = None
+    try:
+        reference_note = ensure_reference(case, state, feed, settings, work, event)
+        backend = _open(case, state, settings, device, record, event)
+        if backend is not None:
+            _measure(case, state, settings, feed, work, backend, record, event, guard, reference_note)
+    except DeployKitError as exc:
+        record.stop("error", str(exc), event, case.label)
+    except MemoryError as exc:
+        record.stop("error", f"out of memory despite the guard ({exc}); use --tile", event, case.label)
+    except Exception as exc:  # noqa: BLE001 (one failing backend must not end the whole benchmark)
+        record.stop("error", one_line(exc, 300, name_type=True), event, case.label)
+    finally:
+        if backend is not None and backend is not state.reference:
+            with contextlib.suppress(Exception):
+                backend.close()
+        backend = None
+        release_memory()
+
+
+def _open(case: Case, state: ModelState, settings: BenchSettings, device: str, record: BenchRecord,
+          event: Event) -> Backend | None:
+    """The case's runner, its artifact, runtime and device in the record; None (a skip) when unavailable here."""
+    try:
+        backend, record.artifact = make_backend(case, state, settings, device, lambda m: event("export", m))
+    except BackendUnavailableError as exc:
+        record.stop("skipped", f"backend unavailable: {exc}", event, case.label)
+        return None
+    record.runtime, record.device = getattr(backend, "name", case.backend), case_device(backend)
+    record.latency_includes = latency_note(case.backend, record.device)
+    return backend
+
+
+def _measure(case: Case, state: ModelState, settings: BenchSettings, feed: dict, work: Work, backend: Backend,
+             record: BenchRecord, event: Event, guard: MemoryGuard, reference_note: str | None) -> None:
+    """Timed runs under the RSS meter, then the CUDA figures, throughput and parity, all into the record."""
+    run = run_once_fn(backend, state, feed, settings, work.run_batch)
+    on_cuda = record.device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    event("start", f"{case.label}: est. {guard.estimate_bytes / 2**30:.2f} GiB, "
+                   f"{record.flops_per_image / 1e12:.3g} TFLOP/image"
+                   + (f", {record.tile['plan']}" if record.tile else ""))
+    load_start = loadavg()
+    meter = RssMeter().start()
+    with strict_fp32():  # TF32 off: PyTorch FP32 on CUDA is real FP32
+        timing = time_runs(run, warmup=settings.warmup, iters=settings.iters, seconds=settings.seconds,
+                           sync=torch.cuda.synchronize if on_cuda else None)
+    record.memory.update(meter.stop())
+    record.loadavg = {"start": load_start, "end": loadavg()}
+    if on_cuda:
+        gpu_figures(record, backend, case, state, settings, feed, len(timing.samples_ms))
+    fill_timing(record, timing, work.images, *case.hw)
+    record.parity = case_parity(case, state, timing.output, event, reference_note)
+    timing.output = None
+
+
+def gpu_figures(record: BenchRecord, backend: Backend, case: Case, state: ModelState, settings: BenchSettings,
+                feed: dict, runs: int) -> None:
+    """CUDA only: allocator peak, TensorRT engine device memory, PyTorch's device-only compute time."""
+    record.memory["gpu_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    engine = getattr(backend, "engine", None)
+    for attr in ("device_memory_size_v2", "device_memory_size"):
+        if engine is not None and hasattr(engine, attr):
+            record.memory["engine_device_memory_bytes"] = int(getattr(engine, attr))
+            break
+    if case.backend == "torch" and not settings.tile:
+        record.gpu_compute_ms = latency_stats(gpu_compute_times(backend.module, feed, state.input_names,
+                                                                case.precision, max(1, runs)))
+
+
+def fill_timing(record: BenchRecord, timing: Timing, images: int, h: int, w: int) -> None:
+    """Latency statistics, MPix/s (input and output) and TFLOP/s from the timed runs."""
+    stats = latency_stats(timing.samples_ms)
+    record.first_run_ms = timing.first_run_ms
+    record.latency_ms = stats
+    record.iterations = stats["count"]
+    median_s = stats["median"] / 1e3
+    if median_s > 0:
+        out_h, out_w = record.output_hw
+        record.megapixels_per_s = images * h * w / 1e6 / median_s
+        record.output_megapixels_per_s = images * out_h * out_w / 1e6 / median_s
+        record.tflops = record.flops_per_image * images / median_s / 1e12
+
+
+def _done_message(case: Case, record: BenchRecord) -> str:
+    lat = record.latency_ms
+    return (f"{case.label}: median {lat['median']:.1f} ms over {lat['count']} runs (first {record.first_run_ms:.0f} "
+            f"ms), {record.megapixels_per_s:.3g} MPix/s, {record.tflops:.3g} TFLOP/s, "
+            f"peak RSS +{record.memory['rss_peak_delta_bytes'] / 2**20:.0f} MiB"
+            + (f", parity {parity_short(record.parity)}" if record.parity else ""))

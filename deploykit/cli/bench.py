@@ -1,0 +1,96 @@
+"""``deploykit bench``: thin command over :func:`deploykit.bench.run.run_bench` and :mod:`deploykit.bench.report`.
+
+``deploykit.cli.app`` adds it with ``register(app)``. The bench library (torch, ONNX Runtime) is imported inside
+the command only, so ``deploykit --help`` stays light.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from deploykit.cli.console import console, fail
+
+_STYLE = {"info": "cyan", "export": "magenta", "start": "cyan", "done": "green", "skip": "yellow", "error": "red"}
+_MARK = {"info": "•", "export": "⇢", "start": "…", "done": "✓", "skip": "–", "error": "✗"}
+
+
+def _print_event(kind: str, message: str) -> None:
+    style = _STYLE.get(kind, "white")
+    console.print(f"[{style}]{_MARK.get(kind, '•')}[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` command to ``app``."""
+
+    @app.command("bench")
+    def bench_cmd(
+        models: Annotated[Optional[list[str]], typer.Argument(
+            help="MODEL[:VARIANT] ... (default: every export under --exports)", show_default=False)] = None,
+        res: Annotated[Optional[list[str]], typer.Option(
+            "--res", help="input sizes: N (NxN) or WIDTHxHEIGHT, comma-separated or repeated "
+                          "(default: 256,512,1024,2048)", show_default=False)] = None,
+        backend: Annotated[Optional[list[str]], typer.Option(
+            "--backend", help="auto|torch|torch-compile|ort|ort-cuda|trt, comma-separated or repeated; auto = every "
+                              "backend available here (default: auto)", show_default=False)] = None,
+        precision: Annotated[Optional[list[str]], typer.Option(
+            "--precision", help="fp32,fp16 (default: fp32 on CPU, fp32,fp16 with a CUDA GPU)",
+            show_default=False)] = None,
+        batch: Annotated[int, typer.Option(help="images per run (with --tile: tiles per run)")] = 1,
+        warmup: Annotated[int, typer.Option(help="warm-up runs (the first run is also reported on its own)")] = 2,
+        iters: Annotated[Optional[int], typer.Option(help="timed runs (with --seconds: whichever ends first)")] = None,
+        seconds: Annotated[Optional[float], typer.Option(
+            help="time budget for the timed runs, at least one run (default: 3 s when --iters is not given)",
+            show_default=False)] = None,
+        tile: Annotated[Optional[int], typer.Option(help="run each image in tiles of this size (input pixels)")] = None,
+        overlap: Annotated[int, typer.Option(help="tile overlap in input pixels (with --tile)")] = 32,
+        threads: Annotated[Optional[int], typer.Option(
+            help="intra-op threads for PyTorch and ONNX Runtime (default: the visible CPUs)", show_default=False)] = None,
+        out: Annotated[Path, typer.Option(help="results root; files go to OUT/<device-slug>/")] = Path("benchmarks/results"),
+        name: Annotated[Optional[str], typer.Option(help="file stem for the JSON/CSV/PNG (default: bench-<UTC time>)",
+                                                    show_default=False)] = None,
+        exports: Annotated[Path, typer.Option(help="where exported models are looked up")] = Path("exports"),
+        cache_dir: Annotated[Optional[Path], typer.Option(
+            help="where models without an export are exported on the fly (default: ~/.cache/deploykit/bench-exports)",
+            show_default=False)] = None,
+    ) -> None:
+        """Latency x resolution x backend x precision with FLOPs, memory and parity vs PyTorch FP32 -> table, JSON,
+        CSV, PNG. Resolutions that cannot fit in memory are skipped with the estimate and a --tile hint."""
+        from deploykit.bench.plan import DEFAULT_RES  # the bench library imports torch: only when the command runs
+        from deploykit.bench.run import run_bench
+
+        result = run_bench(models, res=res or DEFAULT_RES, backends=backend, precisions=precision, batch=batch,
+                           warmup=warmup, iters=iters, seconds=seconds, tile=tile, overlap=overlap, threads=threads,
+                           exports_root=exports, cache_dir=cache_dir, on_event=_print_event, command=_command())
+        _show_and_write(result, out, name)
+
+
+def _command() -> list[str]:
+    """The command line as typed: ``deploykit ...`` when run as the console script (or ``cli/app.py``)."""
+    return ["deploykit", *sys.argv[1:]] if Path(sys.argv[0]).name in ("deploykit", "app.py") else list(sys.argv)
+
+
+def _show_and_write(result, out: Path, name: str | None) -> None:
+    """The table and the methods line, then OUT/<device-slug>/NAME.json/.csv/.png; exit 1 when a run failed or
+    broke parity."""
+    from deploykit.bench.report import rich_table, write_all
+
+    data = result.to_dict()
+    console.print(rich_table(data))
+    load = data["load"]
+    console.print(f"latency = {data['methods']['latency']}. FLOPs: {data['methods']['flops']}. "
+                  f"Load average before {load['loadavg_before']}, after {load['loadavg_after']}.",
+                  highlight=False, soft_wrap=True, style="dim")
+    paths = write_all(data, out, name)
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)
+    if "png" not in paths:
+        console.print("[yellow]no plot:[/] matplotlib is not installed (pip install 'deploykit[plot]') "
+                      "or nothing ran", highlight=False)
+    failed = [r for r in result.records if r.status == "error"
+              or (r.parity and r.parity.get("checked") and not r.parity.get("passed"))]
+    if failed:
+        fail(f"{len(failed)} run(s) failed or broke parity")

@@ -1,0 +1,168 @@
+"""Facts about this machine and this process, read from /proc and /sys: memory, load, CPU identity, peak RSS.
+
+The one reader of ``/proc/self/status`` and the one peak-RSS probe (:func:`probe_peak_rss`) that ``bench``'s
+memory calibration and ``infer --tile auto`` both use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import platform
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from deploykit.util.text import slug
+
+
+def status_field(name: str) -> str | None:
+    """The value of one ``/proc/self/status`` field (``VmRSS``, ``VmHWM``, ``Umask`` …), None off Linux."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def status_bytes(name: str) -> int | None:
+    """A ``/proc/self/status`` size field (``VmRSS``, ``VmHWM``) in bytes."""
+    value = status_field(name)
+    with contextlib.suppress(ValueError, IndexError, AttributeError):
+        return int(value.split()[0]) * 1024
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (``/proc/self/clear_refs``); False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc malloc_trim), so RSS means 'in use'."""
+    gc.collect()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def peak_rss_measurable() -> bool:
+    return status_bytes("VmHWM") is not None and reset_peak_rss()
+
+
+def probe_peak_rss(run_at: Callable[[int], None], sizes: Sequence[int], warm: int, repeats: int = 1) -> list[int]:
+    """Peak RSS growth (bytes) over ``repeats`` runs at each size, above the RSS after a warm-up run at ``warm``
+    (thread pools, kernel caches, the first arena region); the peak is reset before each size. ONNX Runtime wants
+    ``repeats=2``: its second run at a new shape takes ~1.6x the first's memory (the arena keeps the first run's
+    blocks while the memory pattern planned from it is allocated), then stays flat."""
+    run_at(warm)
+    release_memory()
+    base = status_bytes("VmRSS") or 0
+    peaks = []
+    for size in sizes:
+        reset_peak_rss()
+        for _ in range(repeats):
+            run_at(size)
+        peaks.append(max(0, (status_bytes("VmHWM") or base) - base))
+    return peaks
+
+
+class RssMeter:
+    """Peak RSS over a block: VmHWM after a reset through /proc/self/clear_refs, or a 5 ms sampling thread."""
+
+    def __init__(self):
+        self.before = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.method = "VmHWM"
+
+    def start(self) -> RssMeter:
+        release_memory()
+        self.before = status_bytes("VmRSS") or 0
+        if not reset_peak_rss():
+            self.method = "sampled VmRSS (5 ms)"
+            self.peak = self.before
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, status_bytes("VmRSS") or 0)
+
+    def stop(self) -> dict:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        else:
+            self.peak = status_bytes("VmHWM") or self.before
+        return {"rss_before_bytes": self.before, "rss_peak_bytes": self.peak,
+                "rss_peak_delta_bytes": max(0, self.peak - self.before), "rss_method": self.method}
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo fields in bytes (empty off Linux)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                out[key] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    return out
+
+
+def available_memory() -> int:
+    """Bytes this process may still use: MemAvailable (/proc/meminfo), capped by a cgroup v2/v1 limit."""
+    avail = meminfo().get("MemAvailable")
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 4 << 30
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit != "max" and int(limit) < (1 << 60):
+                avail = min(avail, int(limit) - int(Path(usage_file).read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return max(int(avail), 0)
+
+
+def host_reserve(total: int | None = None) -> int:
+    """Memory a memory guard leaves free for the OS and the other processes on the machine."""
+    total = total if total is not None else meminfo().get("MemTotal", 16 << 30)
+    return max(1 << 30, int(0.10 * total))
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_slug() -> str:
+    """Results folder name of this CPU machine (``benchmarks/results/<slug>/``), e.g. ``cpu-amd-epyc-2cpu``."""
+    return f"cpu-{slug(cpu_model()).lower()}-{cpu_count()}cpu"
