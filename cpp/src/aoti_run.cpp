@@ -2,6 +2,7 @@
 // loaded with torch::inductor::AOTIModelPackageLoader from the libtorch that ships inside the torch wheel.
 //
 //   aoti_run --manifest exports/vapsr/x4/manifest.json --input in.png --output out.png
+//   aoti_run --manifest exports/vapsr/x4/manifest.json --check golden/ [--min-psnr DB]   (deploykit/golden.hpp)
 //
 // The package is the manifest's artifact of kind "aoti" for --device (default cpu), or --artifact FILE. Its sha256
 // is checked against the manifest, and the torch version that compiled it against this libtorch (a package runs
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <memory>
 
+#include "deploykit/golden.hpp"
 #include "deploykit/runner.hpp"
 
 namespace {
@@ -107,5 +109,6 @@ int main(int argc, char** argv) {
                      const std::vector<int64_t>&) -> std::unique_ptr<dk::Runner> {
         return std::make_unique<AotiRunner>(m, o);
     };
-    return dk::runner_main(argc, argv, info);
+    // --check GOLDEN_DIR: every golden input through the runner against the saved PyTorch FP32 outputs
+    return dk::wants_check(argc, argv) ? dk::check_main(argc, argv, info) : dk::runner_main(argc, argv, info);
 }

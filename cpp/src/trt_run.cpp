@@ -1,6 +1,7 @@
 // trt_run: the deploykit front end over a TensorRT engine recorded in the manifest's `engines` list.
 //
 //   trt_run --manifest exports/vapsr/x4/manifest.json --input in.png --output out.png [--precision fp16]
+//   trt_run --manifest exports/vapsr/x4/manifest.json --check golden/ [--min-psnr DB]   (deploykit/golden.hpp)
 //
 // Written against the public TensorRT 10 / 11 C++ API (IRuntime::deserializeCudaEngine; ICudaEngine getNbIOTensors
 // / getIOTensorName / getTensorIOMode / getTensorDataType / getProfileShape; IExecutionContext setInputShape /
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "deploykit/golden.hpp"
 #include "deploykit/runner.hpp"
 
 namespace {
@@ -334,5 +336,6 @@ int main(int argc, char** argv) {
                      const std::vector<int64_t>& shape) -> std::unique_ptr<dk::Runner> {
         return std::make_unique<TrtRunner>(m, o, shape);
     };
-    return dk::runner_main(argc, argv, info);
+    // --check GOLDEN_DIR: every golden input through the runner against the saved PyTorch FP32 outputs
+    return dk::wants_check(argc, argv) ? dk::check_main(argc, argv, info) : dk::runner_main(argc, argv, info);
 }

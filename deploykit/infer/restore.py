@@ -23,17 +23,11 @@ from deploykit.imaging.tiling import (
 )
 from deploykit.runtime.base import Backend
 from deploykit.util.system import available_memory
-from deploykit.zoo.degradation import Blur, degradation_maps
+from deploykit.zoo.degradation import Blur
 from deploykit.zoo.sample_inputs import random_inputs
 from deploykit.zoo.spec import ModelSpec
 
 DEFAULT_OVERLAP = 32
-
-
-DEFAULT_BLUR = 0.2  # the sharp end of the SRMD/UDVD kernel range: "no extra blur"
-
-
-DEFAULT_NOISE = 0.0
 
 
 @dataclass
@@ -45,17 +39,6 @@ class Settings:
     batch: int = 1
     blur: Blur | None = None
     noise_level: float | None = None
-
-
-def extra_inputs(spec: ModelSpec, blur: Blur | None, noise_level: float | None) -> dict[str, np.ndarray]:
-    """UDVD's kernel code and noise maps (per-image constants) or {} for one-input models."""
-    names = [t.name for t in spec.inputs[1:]]
-    if not names:
-        return {}
-    if set(names) != {"kernel", "noise"}:
-        raise InputError(f"{spec.name} takes extra inputs {names} that infer cannot build")
-    return degradation_maps(blur if blur is not None else DEFAULT_BLUR,
-                            DEFAULT_NOISE if noise_level is None else noise_level)
 
 
 class Restorer:

@@ -27,19 +27,16 @@ from deploykit.infer.files import (
     write_output,
 )
 from deploykit.infer.restore import (
-    DEFAULT_BLUR,
-    DEFAULT_NOISE,
     DEFAULT_OVERLAP,
     Restorer,
     Settings,
-    extra_inputs,
     parse_tile,
 )
 from deploykit.infer.runner import open_runner
 from deploykit.runtime.base import Backend
 from deploykit.util.system import available_memory
 from deploykit.util.text import one_line
-from deploykit.zoo.degradation import parse_blur
+from deploykit.zoo.degradation import DEFAULT_BLUR, DEFAULT_NOISE, extra_inputs, parse_blur
 from deploykit.zoo.registry import get_spec
 from deploykit.zoo.spec import ModelSpec
 

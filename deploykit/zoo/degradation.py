@@ -30,12 +30,15 @@ from functools import lru_cache
 import numpy as np
 
 from deploykit.errors import InputError
+from deploykit.zoo.spec import ModelSpec
 
 KERNEL_SIZE = 15
 CODE_DIM = 15
 PCA_SEED = 200406965  # UDVD's arXiv id, 2004.06965
 PCA_SAMPLES = 8192
 SIGMA_RANGE = (0.2, 4.0)
+DEFAULT_BLUR = 0.2  # the sharp end of the SRMD/UDVD kernel range: "no extra blur"
+DEFAULT_NOISE = 0.0
 
 
 @dataclass(frozen=True)
@@ -169,3 +172,16 @@ def degradation_maps(blur: str | float | Blur, noise_level: float, *, kernel_nam
     kernel = np.broadcast_to(code.reshape(1, CODE_DIM, 1, 1), (1, CODE_DIM, height, width))
     noise = np.full((1, 1, height, width), noise_map_value(noise_level), np.float32)
     return {kernel_name: np.ascontiguousarray(kernel, np.float32), noise_name: noise}
+
+
+def extra_inputs(spec: ModelSpec, blur: Blur | None, noise_level: float | None) -> dict[str, np.ndarray]:
+    """The model's extra inputs as ``infer`` and ``parity`` build them: UDVD's kernel code and noise maps
+    (per-image constants [1, C, 1, 1], ``DEFAULT_BLUR`` / ``DEFAULT_NOISE`` when not given), {} for one-input
+    models."""
+    names = [t.name for t in spec.inputs[1:]]
+    if not names:
+        return {}
+    if set(names) != {"kernel", "noise"}:
+        raise InputError(f"{spec.name} takes extra inputs {names} that deploykit cannot build from images")
+    return degradation_maps(blur if blur is not None else DEFAULT_BLUR,
+                            DEFAULT_NOISE if noise_level is None else noise_level)

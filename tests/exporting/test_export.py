@@ -14,7 +14,7 @@ from deploykit.exporting import pipeline as export_pipeline
 from deploykit.errors import ArtifactError, ExportError, UnknownModelError
 from deploykit.artifacts.manifest import SCHEMA, SCHEMA_VERSION, read_manifest
 from deploykit.exporting.onnx_export import check_dims, dim_request, export_onnx
-from deploykit.verify.reparity import rerun_parity
+from deploykit.verify.gate import check
 
 # the lightest released variant of every family: real architectures, exported and proven at small sizes
 FAMILY_CASES = ["mirnetv2:real_denoising", "mirnet:base", "mprnet:deraining", "udvd:x2", "vapsr:s_x4",
@@ -84,16 +84,18 @@ def test_forms_recorded_for_udvd_and_mprnet(exports):
 @pytest.mark.slow
 def test_parity_command_rechecks_and_detects_tampering(exports):
     result = _export(exports, "vapsr:s_x4")
-    records = rerun_parity(result.out_dir)
-    assert len(records) == 4 and all(r.passed for r in records)
-    only32 = rerun_parity(result.out_dir / "vapsr_s_x4.fp32.onnx")
-    assert {r.precision for r in only32} == {"fp32"}
+    report = check(result.out_dir)  # seeded random inputs at the export's two parity shapes, FP32 and FP16
+    assert len(report.cases) == 4 and report.passed and report.exit_code == 0
+    only32 = check(result.out_dir / "vapsr_s_x4.fp32.onnx")
+    assert {c.precision for c in only32.cases} == {"fp32"}
     fp16 = result.out_dir / "vapsr_s_x4.fp16.onnx"
     data = bytearray(fp16.read_bytes())
     data[-10] ^= 0xFF
     fp16.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="does not match the sha256"):
-        rerun_parity(result.out_dir)
+    tampered = check(result.out_dir)
+    assert tampered.exit_code == 2 and not tampered.passed
+    assert {c.status for c in tampered.cases if c.precision == "fp16"} == {"skipped"}
+    assert all("does not match the sha256" in c.reason for c in tampered.cases if c.precision == "fp16")
 
 
 def test_export_with_real_weights_records_them(tmp_path, vapsr_x4_weights):
@@ -195,4 +197,4 @@ def test_graphs_over_the_protobuf_limit_use_an_external_data_file(tmp_path, monk
     assert (result.out_dir / artifact["external_data"]).stat().st_size > 4 * 1_000_000
     assert (result.out_dir / artifact["file"]).stat().st_size < 1_000_000
     assert all(p["passed"] for p in result.parity)
-    assert all(r.passed for r in rerun_parity(result.out_dir))
+    assert check(result.out_dir).passed

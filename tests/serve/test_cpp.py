@@ -25,7 +25,8 @@ from deploykit.serve.cpp_build import (CPP_DIR_ENV, build_cpp, find_binary, miss
 from deploykit.util.files import sha256_file
 from deploykit.zoo.registry import get_spec
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
 VAPSR_X4 = SHARED / "weights" / "VapSR_X4.pth"
 PHOTO = SHARED / "images" / "noisy_real.png"
 MODEL = "vapsr:x4"
@@ -43,8 +44,10 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 
 
 @pytest.fixture(scope="session")
-def cpp(tmp_path_factory):
-    result = build_cpp(tmp_path_factory.mktemp("cpp-build"))
+def cpp():
+    # the repository's build/cpp (git-ignored), as 'deploykit cpp build' and docs/ci.md's job use: the runners are
+    # compiled once per checkout and the CI job test reuses them (an incremental build takes seconds)
+    result = build_cpp(REPO / "build" / "cpp")
     if "aoti_run" not in result.binaries:
         pytest.skip(f"aoti_run was not built: {result.skipped.get('aoti_run')}")
     return result
@@ -283,3 +286,40 @@ def test_cli_registers_cpp_group(cpp, cli_run, tmp_path):
     assert code == 2 and "deploykit cpp build --with-trt" in err and len(err.strip().splitlines()) == 1
     code, _, _ = cli_run("cpp", "run", "aoti", "--build-dir", str(cpp.build_dir), "--help-me")
     assert code == 2  # the runner's own usage error, passed through
+
+
+def test_aoti_run_check_agrees_with_python(cpp, export, image, tmp_path):
+    """aoti_run --check GOLDEN: every golden input through the C++ runner, the same figures as the Python gate's
+    aoti case on that golden; a tolerance it cannot reach exits 1, a tampered golden is refused (exit 3)."""
+    import re
+
+    from deploykit.verify.gate import check
+
+    out_dir, _ = export
+    golden = tmp_path / "golden"
+    saved = check(out_dir, images=[image], res=["52x40", "24"], backends=["aoti"], precisions=["fp32"],
+                  save_golden=golden)
+    assert saved.passed and saved.golden_saved == golden
+    python = check(out_dir, golden=golden, backends=["aoti"], precisions=["fp32"])
+    runner = cpp.binaries["aoti_run"]
+    proc = _run(runner, "--manifest", out_dir / MANIFEST_NAME, "--check", golden)
+    assert proc.returncode == 0, proc.stderr
+    figures = re.findall(r" (\S+@\S+): max abs (\S+), mean abs (\S+), PSNR (\S+) dB, NaN/Inf (\d+): pass",
+                         proc.stdout)
+    assert [f[0] for f in figures] == [c.key for c in python.cases] and "2 of 2 cases passed" in proc.stdout
+    for (_, max_abs, mean_abs, psnr_db, nonfinite), case in zip(figures, python.cases):
+        assert float(max_abs) == pytest.approx(case.max_abs, rel=0.01, abs=1e-9)
+        assert float(mean_abs) == pytest.approx(case.mean_abs, rel=0.01, abs=1e-10)
+        assert float(psnr_db) == pytest.approx(case.psnr_db, abs=0.05) and int(nonfinite) == 0
+    proc = _run(runner, "--manifest", out_dir / MANIFEST_NAME, "--check", golden, "--min-psnr", "200")
+    assert proc.returncode == 1 and "0 of 2 cases passed (PSNR >= 200" in proc.stdout
+    index = json.loads((golden / "golden.json").read_text())
+    out = golden / index["cases"][0]["runs"][0]["output"]["file"]
+    np.save(out, np.load(out) * 1.01)
+    proc = _run(runner, "--manifest", out_dir / MANIFEST_NAME, "--check", golden)
+    assert proc.returncode == 3 and "does not match its sha256 in golden.json" in proc.stderr
+    other = json.loads((out_dir / MANIFEST_NAME).read_text())
+    other["weights"] = {"source": "file", "sha256": "cd" * 32}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(other))
+    proc = _run(runner, "--manifest", tmp_path / MANIFEST_NAME, "--check", golden)
+    assert proc.returncode == 3 and "made for other weights" in proc.stderr
