@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploykit.artifacts.manifest import MANIFEST_NAME, read_manifest
+from deploykit.artifacts.manifest import MANIFEST_NAME, check_member_name, read_manifest
 from deploykit.errors import ArtifactError
 from deploykit.util.files import sha256_file
+from deploykit.util.locks import wait_for_writer
 from deploykit.zoo.spec import ModelSpec
 
 AOTI_KIND = "aoti"
@@ -47,11 +48,11 @@ def require_onnx(manifest: dict, folder: Path, precision: str, spec: ModelSpec) 
     """The ONNX artifact of ``precision``, present on disk; ArtifactError saying which exist and what to run."""
     artifact = onnx_artifact(manifest, precision)
     if artifact is None:
-        have = sorted({a.get("precision") for a in onnx_artifacts(manifest)})
+        have = sorted({str(a.get("precision")) for a in onnx_artifacts(manifest)})
         hint = " (export without --no-fp16)" if precision == "fp16" else ""
         raise ArtifactError(f"no {precision} ONNX artifact for {spec.name} in {folder} (have: "
                             f"{', '.join(have) or 'none'}); run 'deploykit export {spec.name}'{hint} first")
-    if not (folder / artifact["file"]).is_file():
+    if not (folder / check_member_name(artifact.get("file"), "artifact file")).is_file():
         raise ArtifactError(f"{folder / artifact['file']} is listed in the manifest but missing; run "
                             f"'deploykit export {spec.name}' again")
     return artifact
@@ -70,17 +71,46 @@ def aoti_artifact(manifest: dict, device: str = "cpu") -> dict:
 def verified_file(folder: str | Path, entry: dict, *, again: str = "deploykit export",
                   error: type[Exception] = ArtifactError) -> Path:
     """The file a manifest entry lists, present and matching its recorded sha256 (no torn or foreign file).
-    ``again`` names the command that rewrites it; ``error`` is the failure family of the caller's layer."""
+    ``again`` names the command that rewrites it; ``error`` is the failure family of the caller's layer. When the
+    file does not match while a writer holds the folder's lock (``util.locks``), it waits for the writer and
+    checks the file against the manifest the writer left (a reader never takes a torn update for a broken one)."""
+    problem = _file_problem(folder, entry, again)
+    if problem and wait_for_writer(folder):
+        entry = _current_entry(folder, entry) or entry
+        problem = _file_problem(folder, entry, again)
+    if problem:
+        raise error(problem)
+    return Path(folder) / entry["file"]
+
+
+def _file_problem(folder: str | Path, entry: dict, again: str) -> str | None:
+    """Why ``entry``'s file cannot be trusted (missing, sha256 mismatch, external weights missing), or None."""
+    try:
+        check_member_name(entry.get("file") if isinstance(entry, dict) else None, "manifest entry file")
+        if entry.get("external_data"):
+            check_member_name(entry["external_data"], "manifest entry external_data")
+    except ArtifactError as exc:
+        return f"{exc} in the manifest in {folder}; run '{again}' again"
     path = Path(folder) / entry["file"]
-    if not path.exists():
-        raise error(f"{path} is listed in the manifest but missing; run '{again}' again")
+    if not path.is_file():
+        return f"{path} is listed in the manifest but missing; run '{again}' again"
     if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
-        raise error(f"{path} does not match the sha256 in its manifest (modified or torn update); "
-                    f"run '{again}' again")
+        return (f"{path} does not match the sha256 in its manifest (modified or torn update); "
+                f"run '{again}' again")
     data = entry.get("external_data")
-    if data and not (Path(folder) / data).exists():
-        raise error(f"{Path(folder) / data} (external weights of {path.name}) is missing; run '{again}' again")
-    return path
+    if data and not (Path(folder) / data).is_file():
+        return f"{Path(folder) / data} (external weights of {path.name}) is missing; run '{again}' again"
+    return None
+
+
+def _current_entry(folder: str | Path, entry: dict) -> dict | None:
+    """The entry listing the same file in the manifest on disk now (after a writer finished)."""
+    try:
+        manifest = read_manifest(folder)
+    except ArtifactError:
+        return None
+    return next((e for section in ("artifacts", "engines") for e in manifest.get(section, [])
+                 if e.get("file") == entry.get("file")), None)
 
 
 def locate(path: str | Path) -> tuple[Path, list[str] | None]:

@@ -16,10 +16,12 @@ import json
 import platform
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from deploykit.errors import ArtifactError
 from deploykit.util.files import write_json_atomic
+from deploykit.util.locks import folder_lock
+from deploykit.util.text import one_line
 from deploykit.zoo.spec import ModelSpec
 
 SCHEMA = "deploykit.manifest"
@@ -77,14 +79,47 @@ def read_manifest(path: str | Path) -> dict:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ArtifactError(f"no manifest at {path}; run 'deploykit export' first") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"cannot read manifest {path}: {exc}") from exc
-    if data.get("schema") != SCHEMA:
-        raise ArtifactError(f"{path} is not a deploykit manifest (schema {data.get('schema')!r})")
-    if data.get("schema_version", 0) > SCHEMA_VERSION:
-        raise ArtifactError(f"{path} has schema version {data['schema_version']}; this deploykit reads "
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"cannot read manifest {path}: {one_line(str(exc))[:200]}") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        schema = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ArtifactError(f"{path} is not a deploykit manifest (schema {schema!r})"[:300])
+    version = data.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtifactError(f"{path} has a schema_version that is not a number; re-run 'deploykit export'")
+    if version > SCHEMA_VERSION:
+        raise ArtifactError(f"{path} has schema version {version}; this deploykit reads "
                             f"up to {SCHEMA_VERSION}: upgrade deploykit")
+    _check_shape(path, data)
     return data
+
+
+def _check_shape(path: Path, data: dict) -> None:
+    """The keys every reader indexes without looking: ``model.name``, and each artifact / engine entry's files,
+    which must be plain names inside the export folder (never ``../../etc/passwd`` or an absolute path)."""
+    bad = f"manifest {path} is damaged ({{}}); re-run 'deploykit export'"
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ArtifactError(bad.format("no model.name"))
+    for section in ("artifacts", "engines"):
+        entries = data.get(section, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ArtifactError(bad.format(f"{section} is not a list of entries"))
+        for entry in entries:
+            check_member_name(entry.get("file"), f"{section} file", bad)
+            if entry.get("external_data"):  # None / "" : no external weights
+                check_member_name(entry["external_data"], f"{section} external_data", bad)
+
+
+def check_member_name(name: object, what: str, bad: str = "{}") -> str:
+    """``name`` as a file name inside an export folder: a non-empty relative path with no ``..``, no absolute
+    path, no backslash or NUL; ArtifactError (``bad`` formatted with the reason) otherwise."""
+    if not isinstance(name, str) or not name.strip():
+        raise ArtifactError(bad.format(f"{what} is not a file name"))
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "~")) or "\\" in name or "\0" in name or ".." in parts or ":" in parts[0]:
+        raise ArtifactError(bad.format(f"{what} {name[:80]!r} points outside the export folder"))
+    return name
 
 
 def manifest_path(path: str | Path) -> Path:
@@ -100,9 +135,11 @@ def write_manifest(path: str | Path, manifest: dict) -> None:
 
 def update_manifest(path: str | Path, change: Callable[[dict], object]) -> dict:
     """Read the manifest, let ``change`` edit it in place, write it back atomically; returns the new manifest.
-    Every key ``change`` leaves alone is kept as it was."""
+    Every key ``change`` leaves alone is kept as it was. Holds the export folder's writer lock (``util.locks``)
+    over the read-modify-write, so two updaters never drop each other's change."""
     file = manifest_path(path)
-    manifest = read_manifest(file)
-    change(manifest)
-    write_json_atomic(file, manifest)
+    with folder_lock(file.parent, "deploykit manifest update"):
+        manifest = read_manifest(file)
+        change(manifest)
+        write_json_atomic(file, manifest)
     return manifest

@@ -17,15 +17,22 @@ What ``read_image`` accepts and how it maps it (``write_image`` is the mirror):
 - EXIF orientation is applied to the pixels (the model sees the image upright) and the written file carries the
   EXIF block without the orientation tag (PNG/JPEG/WebP) and the ICC profile.
 
-Every failure is an ``InputError`` whose one-line message names the file.
+Every failure is an ``InputError`` whose one-line message names the file. Decoded pixels are limited
+(:data:`DEFAULT_MAX_PIXELS`, raised by :func:`pixel_limit` / ``deploykit infer --max-pixels``): the size is checked
+from the header before anything is decoded (Pillow's ``MAX_IMAGE_PIXELS`` and the 16-bit readers alike).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import struct
 import tempfile
+import warnings
 import zlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from deploykit.errors import InputError
-from deploykit.util.files import share_mode
+from deploykit.util.files import share_mode, temp_prefix
 from deploykit.util.text import one_line
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -43,6 +50,30 @@ EIGHT_BIT_ONLY = ("JPEG", "WEBP")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, as Pillow's RGB -> L
 _ORIENTATION = 0x0112
 _ICC_TIFF_TAG = 34675
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP (a 12000 x 8000 photo): ~1.2 GB as float32 RGB before any model runs
+_MAX_PIXELS: ContextVar[int] = ContextVar("deploykit_max_pixels", default=DEFAULT_MAX_PIXELS)
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Within the block :func:`read_image` decodes images of up to ``max_pixels`` pixels (None: the default)."""
+    if max_pixels is not None and max_pixels < 1:
+        raise InputError(f"--max-pixels must be a positive number of pixels, not {max_pixels}")
+    token = _MAX_PIXELS.set(max_pixels or DEFAULT_MAX_PIXELS)
+    try:
+        yield
+    finally:
+        _MAX_PIXELS.reset(token)
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """Refuse a declared size over the pixel limit before any pixel is decoded (decompression bombs)."""
+    limit = _MAX_PIXELS.get()
+    if width < 1 or height < 1:
+        raise InputError(f"{path}: declares an empty image ({width}x{height})")
+    if width * height > limit:
+        raise InputError(f"{path}: {width}x{height} is {width * height:,} pixels, over the limit of {limit:,} "
+                         f"(a decompression-bomb guard); pass --max-pixels {width * height} if the file is trusted")
 
 
 @dataclass
@@ -91,7 +122,9 @@ def read_image(path: str | Path) -> Picture:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image")
+    previous = Image.MAX_IMAGE_PIXELS
     try:
+        Image.MAX_IMAGE_PIXELS = _MAX_PIXELS.get()  # Pillow's own guard, at our limit (checked again below)
         head = _read_head(path)
         if head.startswith(b"\x89PNG\r\n\x1a\n") and _png_is_16bit_colour(head):
             picture = _read_png16(path)
@@ -101,14 +134,19 @@ def read_image(path: str | Path) -> Picture:
             picture = _read_pillow(path)
     except InputError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: image too large for Pillow's decompression-bomb guard ({one_line(exc, 200)})") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's guard (at twice our limit) fired inside open()
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise InputError(f"{path}: {int(pixels.group(1)) if pixels else 'too many':,} pixels, over the limit of "
+                         f"{_MAX_PIXELS.get():,} (a decompression-bomb guard); pass --max-pixels "
+                         f"{pixels.group(1) if pixels else 'N'} if the file is trusted") from exc
     except Image.UnidentifiedImageError as exc:
         raise InputError(f"{path}: not an image file Pillow can read (supported: PNG, JPEG, TIFF, WebP)") from exc
     except MemoryError as exc:
         raise InputError(f"{path}: not enough memory to decode this image") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ... for broken files
         raise InputError(f"{path}: cannot decode image, the file is corrupt or truncated ({one_line(exc, 200)})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     picture.path = path
     return picture
 
@@ -153,7 +191,11 @@ def _picture(samples: np.ndarray, depth: int, *, fmt: str, mode: str, orientatio
 
 
 def _read_pillow(path: Path) -> Picture:
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # over the limit: refused just below
+        im = Image.open(path)
+    with im:
+        _check_pixels(path, *im.size)  # the header's size; nothing decoded yet
         im.load()
         fmt, mode = im.format or "PNG", im.mode
         orientation, exif = _exif_without_orientation(im.getexif())
@@ -276,12 +318,15 @@ def _read_png16(path: Path) -> Picture:
             exif_raw = body
         elif kind == b"tRNS":
             trns = body
+    if header is None:
+        raise InputError(f"{path}: corrupt PNG (no IHDR chunk)")
     width, height, depth, colour, _, _, interlace = header
+    _check_pixels(path, width, height)
     if interlace:
         raise InputError(f"{path}: interlaced 16-bit PNG is not supported; save it without interlacing")
     channels = _PNG_CHANNELS[colour]
-    try:
-        raw = zlib.decompressobj().decompress(b"".join(idat))
+    try:  # at most the bytes the header's size needs: a zlib bomb stops there
+        raw = zlib.decompressobj().decompress(b"".join(idat), height * (1 + width * channels * 2))
     except zlib.error as exc:
         raise InputError(f"{path}: corrupt or truncated PNG image data ({exc})") from exc
     samples = _unfilter(raw, height, width, channels * 2, path).view(">u2").reshape(height, width, channels)
@@ -338,6 +383,7 @@ def _tiff_16bit_colour(path: Path) -> bool:
 def _read_tiff16(path: Path) -> Picture:
     tags, order = _tiff_tags(path)
     width, height = tags[256][0], tags[257][0]
+    _check_pixels(path, width, height)
     channels = tags[277][0]
     compression = tags.get(259, (1,))[0]
     if compression != 1 or tags.get(284, (1,))[0] != 1 or 324 in tags:
@@ -512,7 +558,7 @@ def write_image(path: str | Path, rgb: np.ndarray, *, alpha: np.ndarray | None =
 def _atomic_write(path: Path, write) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise InputError(f"{path}: cannot create the output file ({one_line(exc, 200)})") from exc
     try:

@@ -20,6 +20,7 @@ import torch
 
 from deploykit.errors import CheckpointError
 from deploykit.util.files import sha256_file
+from deploykit.util.text import one_line
 from deploykit.zoo.registry import families
 from deploykit.zoo.spec import ModelSpec
 
@@ -68,7 +69,9 @@ def read_checkpoint(path: str | Path, *, unsafe_pickle: bool = False) -> object:
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
         raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint, or corrupt "
                               f"({detail.group(1).strip() if detail else 'unpickling failed'})") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+    except MemoryError as exc:
+        raise CheckpointError(f"cannot read {path}: not enough memory for the tensors it holds") from exc
+    except Exception as exc:  # noqa: BLE001  RuntimeError, EOFError, BadZipFile, TypeError…: a corrupt file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read {path}: corrupt or truncated checkpoint ({first})") from exc
 
@@ -89,6 +92,29 @@ def unwrap_state_dict(obj: object, keys: tuple[str, ...]) -> tuple[StateDict, st
     return tensors, None
 
 
+def check_tensors(state: dict, path: str | Path) -> StateDict:
+    """A state_dict is string keys to tensors; anything else (nested dicts, numbers, lists) is not weights."""
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} state_dict entries are not named tensors "
+                              f"({_listing([repr(k)[:60] for k in bad])}); not a weights file")
+    return state
+
+
+def check_values(model: torch.nn.Module, state: StateDict, path: str | Path) -> None:
+    """Dtypes the model can take (no integer or complex tensor for a float weight) and finite weights."""
+    expected = model.state_dict()
+    wrong = [f"{k}: {state[k].dtype}" for k, v in expected.items() if k in state and
+             (state[k].is_complex() or state[k].is_floating_point() != v.is_floating_point())]
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} tensors have a dtype the model cannot take "
+                              f"({_listing(wrong, 3)}); not a weights file of this model")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise CheckpointError(f"{path}: {len(nonfinite)} tensors hold NaN or Inf ({_listing(nonfinite)}); "
+                              "the checkpoint is corrupt or from a diverged training run")
+
+
 def strip_module_prefix(state: StateDict) -> tuple[StateDict, bool]:
     """Remove DataParallel's ``module.`` prefix when every key carries it."""
     if state and all(k.startswith("module.") for k in state):
@@ -103,7 +129,7 @@ def _mean_shift_drift(state: StateDict) -> list[str]:
     notes = []
     for name, sign in (("sub_mean", -1.0), ("add_mean", 1.0)):
         weight, bias = state.get(f"{name}.weight"), state.get(f"{name}.bias")
-        if weight is None or bias is None:
+        if weight is None or bias is None or weight.numel() != 9 or bias.numel() != 3:
             continue
         w_err = (weight.float().reshape(3, 3) - torch.eye(3)).abs().max().item()
         b_err = (bias.float() - sign * 255.0 * _BASICSR_MEAN).abs().max().item()
@@ -171,7 +197,11 @@ def to_native_layout(state: StateDict, legacy: tuple[str, ...]) -> tuple[StateDi
     for name in legacy:
         detect, remap = LEGACY_LAYOUTS[name]
         if detect(state):
-            return remap(state), name, _mean_shift_drift(state)
+            try:
+                return remap(state), name, _mean_shift_drift(state)
+            except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+                raise CheckpointError(f"the checkpoint looks like the {name} layout but is incomplete "
+                                      f"({one_line(exc, 120)})") from exc
     return state, "native", []
 
 
@@ -200,7 +230,10 @@ def fitting_variants(state: StateDict) -> list[str]:
     fits = []
     for fam in families().values():
         for spec in fam.variants.values():
-            candidate, _, _ = to_native_layout(state, spec.checkpoint.legacy)
+            try:
+                candidate, _, _ = to_native_layout(state, spec.checkpoint.legacy)
+            except CheckpointError:
+                continue
             if not any(diff_state_dicts(_reference_shapes(spec.name), candidate)):
                 fits.append(spec.name)
     return fits
@@ -233,10 +266,11 @@ def load_weights(model: torch.nn.Module, spec: ModelSpec, path: str | Path, *,
     """Read an official file and load it strictly into ``model``; CheckpointError on any mismatch."""
     raw = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
     state, wrapper = unwrap_state_dict(raw, spec.checkpoint.keys)
-    state, stripped = strip_module_prefix(state)
+    state, stripped = strip_module_prefix(check_tensors(state, path))
     state, layout, notes = to_native_layout(state, spec.checkpoint.legacy)
     if any(diff_state_dicts(_reference_shapes(spec.name), state)):
         raise CheckpointError(mismatch_message(spec, path, state))
+    check_values(model, state, path)
     model.load_state_dict(state, strict=True)
     return LoadReport(path=str(Path(path).resolve()), sha256=sha256_file(path), wrapper_key=wrapper,
                       stripped_prefix=stripped, layout=layout, tensors=len(state), warnings=notes)
