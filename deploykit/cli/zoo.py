@@ -68,12 +68,42 @@ def info_cmd(name: Annotated[str, typer.Argument(help="NAME or NAME:VARIANT")]) 
         ("fp16", (f"FP32 islands: {', '.join(spec.fp16.keep_fp32_ops) or 'none'}; "
                   f"PSNR floor {spec.fp16.min_psnr_db:g} dB") + (f"; {spec.fp16.notes}" if spec.fp16.notes else "")),
     ]
+    rows.append(("TensorRT sizes", _size_row(spec)))
     if spec.notes:
         rows.append(("notes", spec.notes))
     for key, value in rows:
         table.add_row(key, escape(value))
     console.print(table)
 
+
+
+def _size_row(spec) -> str:
+    """TensorRT's 2^31 elements per tensor at 2560^2 and 8192^2, and the largest safe square input (batch 1), from
+    the exported FP32 graph under ./exports when there is one, else from a PyTorch meta-device trace."""
+    from deploykit.artifacts.lookup import export_dir, onnx_artifact
+    from deploykit.artifacts.manifest import read_manifest
+    from deploykit.trt.plan import REPORT_SIDES, TRT_MAX_ELEMENTS, onnx_tensor_sizes
+
+    sizes = None
+    try:
+        folder = export_dir(spec, "exports")
+        art = onnx_artifact(read_manifest(folder), "fp32") if (folder / "manifest.json").is_file() else None
+        if art and (folder / art["file"]).is_file():
+            sizes = onnx_tensor_sizes(folder / art["file"])
+            sizes.source = f"shape inference on {folder / art['file']}"
+    except Exception:  # a damaged export: fall back to the trace
+        sizes = None
+    if sizes is None:
+        from deploykit.exporting.tensor_sizes import traced_tensor_sizes
+
+        sizes = traced_tensor_sizes(spec)
+    parts = []
+    for side in REPORT_SIDES:
+        count = sizes.largest((side, side))[1]
+        parts.append(f"largest tensor at {side}x{side}: {count:,} elements"
+                     f" ({'ok' if count <= TRT_MAX_ELEMENTS else 'over 2^31-1: cannot build'})")
+    safe = sizes.largest_safe_side(multiple_of=spec.multiple_of)
+    return "; ".join(parts) + f"; largest safe square input {safe}x{safe} (batch 1; {sizes.source})"
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,7 @@ without TensorRT; ``deploykit.trt.build`` does the build.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -311,6 +312,120 @@ def validate_build_options(workspace_gb: float | None, opt_level: int | None) ->
     return int(workspace_gb * (1 << 30)), level
 
 
+# --- pre-build check: TensorRT's 2^31 elements per tensor, activation memory -----------------------------------
+
+TRT_MAX_ELEMENTS = 2**31 - 1  # TensorRT rejects any tensor with more elements (int32 volume)
+REPORT_SIDES = (2560, 8192)
+
+
+@dataclass
+class TensorSizes:
+    """Element counts of every float tensor at two square input sides, batch 1, and the peak of live elements
+    (each tensor alive from its producer to its last consumer, graph order): enough to extrapolate to any size,
+    since counts grow as a power of the side (2 for conv maps, 4 for H*W x H*W attention)."""
+
+    sides: tuple[int, int]
+    counts: dict[str, tuple[int, int]]
+    peak: tuple[int, int] = (0, 0)
+    source: str = ""
+
+    @staticmethod
+    def _at(pair: tuple[int, int], sides: tuple[int, int], hw: Size) -> float:
+        a, b = pair
+        if a <= 0 or b <= 0:
+            return float(max(a, b))
+        p = round(2 * (math.log(b / a) / math.log(sides[1] / sides[0]))) / 2  # nearest half power of the side
+        return b * (hw[0] * hw[1] / (sides[1] * sides[1])) ** (p / 2)
+
+    def largest(self, hw: Size, batch: int = 1) -> tuple[str, int]:
+        name, pair = max(self.counts.items(), key=lambda kv: (self._at(kv[1], self.sides, hw), kv[0]))
+        return name, int(batch * self._at(pair, self.sides, hw))
+
+    def activation_bytes(self, hw: Size, batch: int = 1, bytes_per_value: int = 2) -> int:
+        return int(batch * bytes_per_value * self._at(self.peak, self.sides, hw))
+
+    def largest_safe_side(self, batch: int = 1, memory_bytes: int | None = None, bytes_per_value: int = 2,
+                          multiple_of: int = 1) -> int:
+        def fits(side: int) -> bool:
+            ok = self.largest((side, side), batch)[1] <= TRT_MAX_ELEMENTS
+            return ok and (memory_bytes is None or self.activation_bytes((side, side), batch,
+                                                                           bytes_per_value) <= memory_bytes)
+        lo, hi = 0, 1 << 20
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return (lo // multiple_of) * multiple_of
+
+
+def onnx_tensor_sizes(model_or_path, sides: tuple[int, int] = (64, 128)) -> TensorSizes:
+    """:class:`TensorSizes` of an ONNX graph by shape inference at two concrete sides (no weights run)."""
+    import onnx
+
+    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else \
+        onnx.load(str(model_or_path), load_external_data=False)
+    per_side = []
+    for side in sides:
+        m = onnx.ModelProto.FromString(model.SerializeToString())
+        del m.graph.value_info[:]
+        for vi in list(m.graph.input) + list(m.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            for k, d in enumerate(dims):
+                if d.HasField("dim_param"):
+                    d.Clear()
+                    if k == 0:
+                        d.dim_value = 1
+                    elif k >= 2 and vi in m.graph.input:
+                        d.dim_value = side
+        inferred = onnx.shape_inference.infer_shapes(m, data_prop=True)
+        per_side.append((inferred, _float_counts(inferred)))
+    names = sorted(set(per_side[0][1]) & set(per_side[1][1]))
+    counts = {n: (per_side[0][1][n], per_side[1][1][n]) for n in names}
+    peaks = tuple(_peak_live(g, c) for g, c in per_side)
+    return TensorSizes(tuple(sides), counts, peaks, "ONNX shape inference")  # type: ignore[arg-type]
+
+
+def _float_counts(model) -> dict[str, int]:
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        t = vi.type.tensor_type
+        if t.elem_type in (1, 10) and t.shape.dim and all(d.HasField("dim_value") for d in t.shape.dim):
+            out[vi.name] = math.prod(d.dim_value for d in t.shape.dim)
+    return out
+
+
+def _peak_live(model, counts: dict[str, int]) -> int:
+    last = {}
+    for k, node in enumerate(model.graph.node):
+        for name in node.input:
+            last[name] = k
+    outputs = {o.name for o in model.graph.output}
+    live, peak = {i.name: counts.get(i.name, 0) for i in model.graph.input}, 0
+    for k, node in enumerate(model.graph.node):
+        live.update({o: counts.get(o, 0) for o in node.output})
+        peak = max(peak, sum(live.values()))
+        live = {n: v for n, v in live.items() if last.get(n, -1) > k or n in outputs}
+    return peak
+
+
+def prebuild_check(sizes: TensorSizes, profile: Profile, spec: ModelSpec, *, precision: str = "fp16",
+                   memory_bytes: int | None = None) -> dict:
+    """Refuse (EngineError, with the figures) a profile TensorRT cannot build; else the figures as a record."""
+    per = 2 if precision == "fp16" else 4
+    name, count = sizes.largest(profile.max_hw, profile.max_batch)
+    act = sizes.activation_bytes(profile.max_hw, profile.max_batch, per)
+    safe = sizes.largest_safe_side(profile.max_batch, memory_bytes, per, spec.multiple_of)
+    where = f"profile max {fmt_wxh(profile.max_hw)} batch {profile.max_batch}"
+    if count > TRT_MAX_ELEMENTS:
+        raise EngineError(f"{spec.name}: {where} cannot build: tensor '{name}' would hold {count:,} elements "
+                          f"(TensorRT's limit is 2^31-1 = {TRT_MAX_ELEMENTS:,}); the largest safe square input "
+                          f"is {safe}x{safe}: lower --res/--profile or infer tiled")
+    if memory_bytes is not None and act > memory_bytes:
+        raise EngineError(f"{spec.name}: {where} needs about {act / 2**30:.1f} GiB of activations, more than the "
+                          f"GPU's {memory_bytes / 2**30:.1f} GiB; the largest safe square input is {safe}x{safe}")
+    return {"largest_tensor": name, "largest_tensor_elements": count, "max_elements": TRT_MAX_ELEMENTS,
+            "activation_bytes_estimate": act, "largest_safe_side": safe, "source": sizes.source}
+
+
 # --- planning (pure: reads the manifest only) --------------------------------------------------------------------------
 
 @dataclass
@@ -326,6 +441,7 @@ class BuildPlan:
     key: str
     engine_file: str
     timing_cache: Path
+    prebuild: dict = field(default_factory=dict)  # prebuild_check's figures ({} when the ONNX file is absent)
 
     @property
     def engine_path(self) -> Path:
@@ -338,8 +454,10 @@ class BuildPlan:
 
 def plan_build(export_dir: str | Path, manifest: dict, spec: ModelSpec, *, precision: str, profile: Profile,
                tensorrt_version: str, gpu: GpuInfo, typing: str = "auto",
-               timing_cache: str | Path | None = None) -> BuildPlan:
-    """Everything about a build that can be decided before TensorRT runs."""
+               timing_cache: str | Path | None = None, gpu_memory_bytes: int | None = None) -> BuildPlan:
+    """Everything about a build that can be decided before TensorRT runs, including :func:`prebuild_check`
+    (a profile over TensorRT's 2^31 elements per tensor, or over ``gpu_memory_bytes`` of activations, is refused
+    here, before minutes in the builder)."""
     export_dir = Path(export_dir)
     path = choose_build_path(tensorrt_version, precision, typing)
     onnx = onnx_artifact(manifest, path.onnx_precision)
@@ -356,8 +474,11 @@ def plan_build(export_dir: str | Path, manifest: dict, spec: ModelSpec, *, preci
                                onnx_sha256=onnx["sha256"], build_path=path.name)
     cache = Path(timing_cache) if timing_cache else export_dir / timing_cache_file_name(
         version_text(tensorrt_version), gpu.name, gpu.compute_capability, path.name)
+    graph = export_dir / onnx["file"]
+    prebuild = prebuild_check(onnx_tensor_sizes(graph), profile, spec, precision=precision,
+                              memory_bytes=gpu_memory_bytes) if graph.is_file() else {}
     return BuildPlan(spec, export_dir, manifest, path, onnx, profile, fp32_nodes, identity, identity_key(identity),
-                     engine_file_name(identity), cache)
+                     engine_file_name(identity), cache, prebuild)
 
 
 def onnx_node_names(path: Path) -> list[str]:
