@@ -40,7 +40,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploykit.util.system import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
+from deploykit.util.system import cpu_identity, cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
 
 from deploykit.runtime.ort import OrtBackend
 from deploykit.exporting.pipeline import export
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "fp16_realphoto", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu_model": cpu, "cpu_identity": cpu_identity(), "logical_cpus": os.cpu_count(),
+                    "platform": platform.platform()},
         "versions": tool_versions(), "threads": args.threads, "size": args.size, "input": photo,
         "notes": ["random-init models (seed 0) unless weights are named: a numerics check, not a quality claim",
                   "UDVD kernel code = zeros (PCA mean kernel) and noise = 0.0, constant maps",

@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploykit.util.system import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
+from deploykit.util.system import cpu_identity, cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
 
 FORMS = ("shift", "unfold")
 K = 5
@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "pixelconv_forms", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu_model": cpu, "cpu_identity": cpu_identity(), "logical_cpus": os.cpu_count(),
+                    "platform": platform.platform()},
         "versions": versions(),
         "settings": {"provider": "CPUExecutionProvider", "intra_op_threads": args.threads, "inter_op_threads": 1,
                      "graph_optimization": "ORT default (ORT_ENABLE_ALL)", "warmup": args.warmup,

@@ -45,11 +45,11 @@ from deploykit.runtime.torch_backend import TorchBackend  # noqa: E402
 from deploykit.zoo.factory import build_model  # noqa: E402
 from deploykit.exporting.forms import ImageOutput  # noqa: E402
 from deploykit.imaging.images import read_image  # noqa: E402
-from deploykit.infer.run import extra_inputs  # noqa: E402
+from deploykit.zoo.degradation import extra_inputs  # noqa: E402
 from deploykit.artifacts.manifest import tool_versions  # noqa: E402
 from deploykit.imaging.tiling import plan_tiles, run_tiled  # noqa: E402
 
-from deploykit.util.system import cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
+from deploykit.util.system import cpu_identity, cpu_model, cpu_slug  # noqa: E402  (the results/<slug> naming of deploykit bench)
 
 PHOTO = Path("/work/shared/images/noisy_real.png")
 VAPSR_X4 = Path("/work/shared/weights/VapSR_X4.pth")
@@ -150,7 +150,7 @@ def main() -> None:
     results = {
         "benchmark": "tiling_psnr",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "threads": args.threads, "cores_visible": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cpu_identity": cpu_identity(), "threads": args.threads, "cores_visible": os.cpu_count(),
                     "platform": platform.platform()},
         "tools": tool_versions(),
         "settings": {"photo": str(PHOTO), "crop": list(photo.shape[2:]), "tile": args.tile,

@@ -1,13 +1,22 @@
-"""The memory guard's verdict for one case: host memory from the traced activations (ONNX Runtime's factor
-calibrated per model by a probe run), device memory for CUDA backends, written into the record. A case that does
-not fit is skipped with the estimate and a ``--tile`` hint, never run into an OOM or swap.
+"""The memory guard's verdict for one case: host memory from the traced activations, calibrated per (model,
+backend, precision) by a probe run at two small sizes whenever the coarse bound is a sizeable share of the memory
+available; device memory for CUDA backends; all written into the record. A case that does not fit is tiled
+automatically by the caller (``run``) with the largest tile that fits, or skipped with the figures.
 """
 
 from __future__ import annotations
 
 from deploykit.bench.backends import Notify, make_backend
 from deploykit.bench.flops import MemoryTrace
-from deploykit.bench.memory import HOST_FACTORS, PROBED_BACKENDS, MemoryGuard, check_memory, probe_calibration
+from deploykit.bench.memory import (
+    CAL_FLOOR,
+    CALIBRATE_ABOVE,
+    HOST_FACTORS,
+    PROBED_BACKENDS,
+    MemoryGuard,
+    check_memory,
+    probe_calibration,
+)
 from deploykit.bench.plan import PARITY_SEED, BenchSettings, Case, Event, Work
 from deploykit.bench.records import BenchRecord
 from deploykit.bench.state import ModelState
@@ -29,10 +38,12 @@ def memory_guard(case: Case, state: ModelState, settings: BenchSettings, device:
                          trace_at=state.trace_at(work.run_batch))
     record.memory = {"estimate_bytes": guard.estimate_bytes, "available_bytes": guard.available_bytes,
                      "reserve_bytes": guard.reserve_bytes, "trace_peak_bytes": trace.peak_bytes,
-                     "guard_factor": guard.factor}
+                     "guard_factor": guard.factor, "estimate_method": "coarse upper bound (not calibrated: far "
+                                                                       "below the memory available)"}
     if case.backend in ("ort-cuda", "trt") or (device == "cuda" and case.backend.startswith("torch")):
         return _device_guard(case, state, work, record)
-    if guard.fits and case.backend in PROBED_BACKENDS:
+    usable = guard.available_bytes - guard.reserve_bytes
+    if case.backend in PROBED_BACKENDS and guard.estimate_bytes > CALIBRATE_ABOVE * usable:
         return _probed_guard(case, state, settings, device, work, record, event, trace)
     return guard
 
@@ -55,7 +66,7 @@ def _probed_guard(case: Case, state: ModelState, settings: BenchSettings, device
                   record: BenchRecord, event: Event, trace: MemoryTrace) -> MemoryGuard | None:
     """ONNX Runtime: the host guard again with the factor and fixed bytes its probe measured for this model."""
     try:
-        cal = calibration(case, state, settings, device, lambda m: event("export", m))
+        cal = calibration(case, state, settings, device, lambda m: event("info", m))
     except BackendUnavailableError as exc:
         record.stop("skipped", f"backend unavailable: {exc}", event, case.label)
         return None
@@ -67,24 +78,29 @@ def _probed_guard(case: Case, state: ModelState, settings: BenchSettings, device
                          extra_bytes=2 * work.held_bytes, factor=cal["factor"], fixed=cal["fixed_bytes"],
                          trace_at=state.trace_at(work.run_batch))
     record.memory.update(estimate_bytes=guard.estimate_bytes, available_bytes=guard.available_bytes,
-                         guard_factor=guard.factor, calibration=cal)
+                         guard_factor=guard.factor, calibration=cal, estimate_method=(
+                             f"calibrated: {cal['fixed_bytes'] / 2**20:.0f} MiB + {guard.factor:.3g} x traced bytes "
+                             f"(probe at {cal['sizes'][0]}^2, {cal['sizes'][1]}^2)"))
     return guard
 
 
 def calibration(case: Case, state: ModelState, settings: BenchSettings, device: str, notify: Notify) -> dict:
     """Per (backend, precision, batch), once per model: run a fresh backend at the probe sizes and fit the guard's
     factor (``memory.probe_calibration``)."""
-    key = (case.backend, case.precision, case.batch)
+    kind = "torch" if case.backend.startswith("torch") else case.backend  # torch-compile: eager's memory, no compiles
+    key = (kind, case.precision, case.batch)
     if key in state.calibrations:
         return state.calibrations[key]
     spec = state.spec
-    backend, _ = make_backend(case, state, settings, device, notify)
+    probe_case = Case(case.target, kind, case.precision, case.hw, case.batch)
+    backend, _ = make_backend(probe_case, state, settings, device, notify)
     try:
         result = probe_calibration(
             lambda size: backend.run(random_inputs(spec, (case.batch, size, size), seed=PARITY_SEED)), spec,
-            lambda size: state.trace((size, size), case.batch).peak_bytes, HOST_FACTORS.get(case.backend, 2.0))
+            lambda size: state.trace((size, size), case.batch).peak_bytes, CAL_FLOOR)
     finally:
-        backend.close()
+        if backend is not state.reference:
+            backend.close()
         release_memory()
     sizes = result["sizes"]
     notify(f"memory probe {spec.name} {case.backend}/{case.precision} at {sizes[0]}² and {sizes[1]}²: "

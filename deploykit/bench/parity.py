@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from deploykit.bench.backends import run_once_fn
-from deploykit.bench.memory import HOST_FACTORS, check_memory
+from deploykit.bench.memory import FIXED_OVERHEAD, HOST_FACTORS, check_memory
 from deploykit.bench.plan import BenchSettings, Case, Event, Work
 from deploykit.bench.state import ModelState
 from deploykit.runtime.torch_backend import strict_fp32
@@ -23,14 +23,16 @@ def ensure_reference(case: Case, state: ModelState, feed: dict, settings: BenchS
     """Run the PyTorch FP32 reference at this size once (untimed) when no torch/fp32 case produced it.
 
     Returns why there is no reference (None when there is one)."""
-    key = (case.hw, case.batch)
+    key = ref_key(case, settings)
     if case.is_reference or key in state.ref_outputs:
         return None
     device_is_cuda = str(state.reference.device).startswith("cuda")
     trace = state.trace(work.hw, work.run_batch, "fp32")
+    cal = state.calibrations.get(("torch", "fp32", work.run_batch))
     guard = check_memory(0 if device_is_cuda else trace.peak_bytes, pool="host", spec=state.spec,
-                         batch=work.run_batch, extra_bytes=2 * work.held_bytes, factor=HOST_FACTORS["torch"],
-                         trace_at=state.trace_at(work.run_batch))
+                         batch=work.run_batch, extra_bytes=2 * work.held_bytes,
+                         factor=cal["factor"] if cal else HOST_FACTORS["torch"],
+                         fixed=cal["fixed_bytes"] if cal else FIXED_OVERHEAD, trace_at=state.trace_at(work.run_batch))
     if not guard.fits:
         return "the PyTorch FP32 reference " + guard.reason(fmt_wxh(case.hw)).replace("skipped by", "was skipped by")
     start = time.perf_counter()
@@ -42,10 +44,16 @@ def ensure_reference(case: Case, state: ModelState, feed: dict, settings: BenchS
     return None
 
 
+def ref_key(case: Case, settings: BenchSettings) -> tuple:
+    """What a reference output is kept under: size, batch and tiling (a tiled run is judged against the same
+    tiling of the PyTorch FP32 model)."""
+    return (case.hw, case.batch, settings.tile, settings.overlap if settings.tile else None)
+
+
 def case_parity(case: Case, state: ModelState, output: np.ndarray | None, event: Event,
-                missing_reason: str | None = None) -> dict | None:
+                missing_reason: str | None = None, settings: BenchSettings | None = None) -> dict | None:
     """Compare with the PyTorch FP32 output at this size (this case's own output when it is that reference)."""
-    key = (case.hw, case.batch)
+    key = ref_key(case, settings) if settings is not None else (case.hw, case.batch, None, None)
     if output is None:
         return None
     if case.is_reference:

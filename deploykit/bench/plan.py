@@ -119,6 +119,7 @@ class BenchSettings:
     threads: int | None = None
     exports_root: str = "exports"
     cache_dir: str | None = None
+    plan_only: bool = False  # guard, calibrate and tile every case, time none (status "planned")
 
     def to_dict(self) -> dict:
         data = asdict(self)

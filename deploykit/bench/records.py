@@ -20,7 +20,14 @@ from deploykit.bench.memory import GPU_FACTOR, HOST_FACTORS, PROBE_MARGIN, PROBE
 from deploykit.bench.plan import BenchSettings, Event
 from deploykit.runtime.gpu import gpu_info, ort_providers
 from deploykit.util.sizes import fmt_wxh
-from deploykit.util.system import cpu_count, cpu_model, cpu_slug, meminfo
+from deploykit.util.system import (
+    cpu_count,
+    cpu_identity,
+    cpu_identity_text,
+    cpu_model,
+    cpu_slug,
+    meminfo,
+)
 from deploykit.util.text import slug
 
 SCHEMA = "deploykit.bench"
@@ -43,16 +50,29 @@ METHODS = {
              "checked at a second size). A model whose count is not linear (global attention: PANet) is counted "
              "at each size instead; flops_method in each record says which",
     "tflops": "flops_per_image x batch / median latency",
+    "peak_fraction": "tflops / the same run's GEMM probe (torch.mm 2048^3 at the run's threads, best of 5, measured "
+                     "right before the cases and again after; CPU: FP32; CUDA: FP32 with TF32 off, and FP16). Above "
+                     "1.0 the record is wrong (threads, clock or FLOP count): suspect true, never published",
+    "threads": "read back from the runner after it was opened: torch.get_num_threads()/get_num_interop_threads(); "
+               "ONNX Runtime: session.get_session_options().intra_op_num_threads / inter_op_num_threads",
+    "cpu_peak_fraction": "FLOPs per process CPU-second over the runs under the clock / the GEMM probe's FLOPs per "
+                         "CPU-second (CPU only): the kernel efficiency while the threads had a CPU, comparable "
+                         "across runs on a shared machine where the wall-clock fraction is not",
+    "cpu_per_wall": "process CPU time (time.process_time, all threads) / wall time over the warm-up and timed "
+                    "runs; a one-thread run shows ~1.0. Above 1.25 x the threads read back: suspect",
     "memory": "host: peak RSS (VmHWM, reset via /proc/self/clear_refs) over the case's runs minus RSS before the "
               "first run; CUDA: torch.cuda.max_memory_allocated (PyTorch) or the engine's device memory (TensorRT)",
     "memory_guard": "estimate = factor x peak live activation bytes of one PyTorch eager forward at the size "
-                    "(meta-device trace) + fixed + 2 x the output. PyTorch: factor 2, fixed 256 MiB; ONNX Runtime: "
-                    f"factor = max({HOST_FACTORS['ort']:g}, {PROBE_MARGIN:g} x measured/traced marginal bytes of a "
-                    "fresh session run twice at "
-                    f"{PROBE_SIZES[0]}^2 and {PROBE_SIZES[1]}^2), fixed likewise (memory.calibration). Skipped when "
-                    "above MemAvailable (cgroup-capped) minus max(1 GiB, 10% of RAM), with the largest --tile that "
-                    f"fits. GPU: {GPU_FACTOR:g} x the trace in the run's dtype + 256 MiB against free device memory "
-                    "- 512 MiB",
+                    "(meta-device trace) + fixed + 2 x the output. Coarse bound: factor "
+                    f"{HOST_FACTORS['torch']:g} (PyTorch) / {HOST_FACTORS['ort']:g} (ONNX Runtime) + 256 MiB; "
+                    "when that is above a quarter of the usable memory, factor and fixed are calibrated per "
+                    f"(model, backend, precision) from the peak RSS growth at {PROBE_SIZES[0]}^2 and "
+                    f"{PROBE_SIZES[1]}^2 ({PROBE_MARGIN:g} x the marginal bytes per traced byte; "
+                    "memory.calibration, estimate_method). Usable = MemAvailable (cgroup-capped) minus "
+                    "max(1 GiB, 10% of RAM). A whole frame that does not fit runs automatically tiled (tile: the "
+                    "largest that fits; overlap min(tile/4, 4 x the receptive radius bound); psnr_check: tiled vs "
+                    "whole at 256^2 with the grid scaled), skipped only when no tile fits. GPU: "
+                    f"{GPU_FACTOR:g} x the trace in the run's dtype + 256 MiB against free device memory - 512 MiB",
     "parity": "against the PyTorch FP32 run at the same resolution and input (seeded uniform image, seed 1), "
               "reused by every backend; FP32 passes at max abs <= 1e-4, FP16 at PSNR >= the model's floor",
 }
@@ -113,6 +133,16 @@ class BenchRecord:
     tile: dict | None = None
     seconds: float | None = None
     loadavg: dict | None = None  # /proc/loadavg (1, 5, 15 min) when the timed runs started and ended
+    threads: dict | None = None  # read back from the runner: torch intra/inter-op, ORT session intra/inter-op
+    cpu_per_wall: float | None = None  # process CPU time / wall time over the timed runs (1 thread: ~1.0)
+    peak_gflops: float | None = None  # the same run's GEMM probe rate for this case's device and precision
+    peak_fraction: float | None = None  # achieved TFLOP/s / that rate; above 1.0 the record is suspect
+    cpu_seconds: float | None = None  # process CPU time over the runs under the clock (first + warm-up + timed)
+    clock_runs: int | None = None  # how many runs that was
+    cpu_peak_fraction: float | None = None  # FLOPs per CPU-second / the probe's GEMM FLOPs per CPU-second
+    suspect: bool = False
+    suspect_reasons: list = field(default_factory=list)
+    session_options: dict | None = None  # ONNX Runtime: the session settings this case ran with
 
     @property
     def input_wxh(self) -> str:
@@ -149,6 +179,7 @@ class BenchResult:
     memory_after: dict
     flops: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    probes: dict = field(default_factory=dict)  # the same-run GEMM probe before and after the cases
 
     def to_dict(self) -> dict:
         return json_safe({
@@ -159,7 +190,7 @@ class BenchResult:
                      "note": "1/5/15-minute load averages from /proc/loadavg; other processes share this machine"},
             "host_memory": {"before": self.memory_before, "after": self.memory_after},
             "unavailable_backends": self.unavailable, "methods": METHODS, "flops": self.flops,
-            "notes": self.notes, "records": [r.to_dict() for r in self.records],
+            "notes": self.notes, "probe": self.probes, "records": [r.to_dict() for r in self.records],
         })
 
 
@@ -185,16 +216,17 @@ def _gpu() -> dict | None:
 
 def device_info(threads: dict | None = None) -> dict:
     """The machine: CPU model and cores, RAM, GPU name and compute capability when CUDA is visible, and a slug."""
-    info = {"cpu": cpu_model(), "cpu_cores_visible": cpu_count(), "cpu_cores_total": os.cpu_count(),
-            "ram_bytes": meminfo().get("MemTotal"), "platform": platform.platform(), "gpu": _gpu(),
-            "threads": threads or {}}
+    ident = cpu_identity()
+    info = {"cpu": cpu_model(), "cpu_identity": ident, "cpu_cores_visible": cpu_count(),
+            "cpu_cores_total": os.cpu_count(), "ram_bytes": meminfo().get("MemTotal"),
+            "platform": platform.platform(), "gpu": _gpu(), "threads": threads or {}}
     gpu = info["gpu"]
     if gpu:
         info["slug"] = "gpu-" + slug(gpu["name"]).lower()
         info["name"] = f"{gpu['name']} (sm {gpu['compute_capability']}) + {info['cpu']}"
     else:
         info["slug"] = cpu_slug()
-        info["name"] = f"{info['cpu']} ({info['cpu_cores_visible']} CPUs visible)"
+        info["name"] = cpu_identity_text(ident)
     return info
 
 

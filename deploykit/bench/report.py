@@ -18,7 +18,12 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.util.files import ensure_writable_dir, write_bytes_atomic, write_json_atomic
+from deploykit.util.files import (
+    ensure_writable_dir,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from deploykit.util.locks import folder_lock
 
 CSV_COLUMNS = (
     "model", "backend", "runtime", "precision", "device", "batch", "input_wxh", "output_wxh", "status", "reason",
@@ -27,7 +32,9 @@ CSV_COLUMNS = (
     "flops_per_image", "tflops", "mem_estimate_bytes", "mem_available_bytes", "rss_peak_delta_bytes",
     "gpu_peak_allocated_bytes", "engine_device_memory_bytes", "parity_reference", "parity_max_abs",
     "parity_mean_abs", "parity_psnr_db", "parity_nonfinite", "parity_passed", "tile", "overlap", "tiles",
-    "loadavg_1m_start", "loadavg_1m_end", "latency_includes", "artifact",
+    "loadavg_1m_start", "loadavg_1m_end", "latency_includes", "artifact", "auto_tile", "tile_check_psnr_db",
+    "mem_estimate_method", "threads_torch", "threads_ort_intra", "threads_ort_inter", "cpu_per_wall",
+    "peak_gflops", "peak_fraction", "cpu_peak_fraction", "suspect", "suspect_reasons",
 )
 
 
@@ -77,6 +84,26 @@ def parity_text(parity: dict | None) -> str:
                                                                     if parity.get("nonfinite") else ""))
 
 
+def tile_label(record: dict) -> str:
+    """'' for a whole frame, else ' [auto-tiled: 9 x 1024x1024, overlap 64]' (or 'tiled' for --tile)."""
+    tile = record.get("tile") or {}
+    if not tile.get("tile"):
+        return ""
+    hw = tile.get("tile_hw") or [tile["tile"], tile["tile"]]
+    return (f" [{'auto-tiled' if tile.get('auto') else 'tiled'}: {tile.get('tiles')} x {hw[1]}x{hw[0]}, "
+            f"overlap {tile.get('overlap')}]")
+
+
+def peak_text(record: dict) -> str:
+    """'0.62' of the same-run GEMM rate, or '⚠ 1.9 SUSPECT' when the record cannot be true."""
+    frac = record.get("peak_fraction")
+    if frac is None:
+        return ""
+    cpu = record.get("cpu_peak_fraction")
+    text = f"{frac:.2f}" + (f" / {cpu:.2f}" if cpu is not None else "")
+    return f"⚠ {text} SUSPECT" if record.get("suspect") else text
+
+
 def flat_row(record: dict) -> dict:
     """One CSV row (flat columns) for a record dict."""
     lat = record.get("latency_ms") or {}
@@ -84,6 +111,7 @@ def flat_row(record: dict) -> dict:
     par = record.get("parity") or {}
     tile = record.get("tile") or {}
     art = record.get("artifact") or {}
+    threads = record.get("threads") or {}
     row = {
         "model": record["model"], "backend": record["backend"], "runtime": record.get("runtime"),
         "precision": record["precision"], "device": record.get("device"), "batch": record["batch"],
@@ -106,7 +134,14 @@ def flat_row(record: dict) -> dict:
         "loadavg_1m_start": ((record.get("loadavg") or {}).get("start") or [None])[0],
         "loadavg_1m_end": ((record.get("loadavg") or {}).get("end") or [None])[0],
         "latency_includes": record.get("latency_includes"),
-        "artifact": art.get("file"),
+        "artifact": art.get("file"), "auto_tile": tile.get("auto"),
+        "tile_check_psnr_db": (tile.get("psnr_check") or {}).get("psnr_db"),
+        "mem_estimate_method": mem.get("estimate_method"),
+        "threads_torch": threads.get("torch_intra_op"), "threads_ort_intra": threads.get("ort_intra_op"),
+        "threads_ort_inter": threads.get("ort_inter_op"), "cpu_per_wall": record.get("cpu_per_wall"),
+        "peak_gflops": record.get("peak_gflops"), "peak_fraction": record.get("peak_fraction"),
+        "cpu_peak_fraction": record.get("cpu_peak_fraction"),
+        "suspect": record.get("suspect"), "suspect_reasons": "; ".join(record.get("suspect_reasons") or []),
     }
     return row
 
@@ -127,7 +162,7 @@ def rich_table(data: dict, title: str | None = None):
     device = data.get("device", {})
     table = Table(title=title or f"deploykit bench on {device.get('name', '?')}", show_lines=False)
     columns = ("model", "backend", "prec", "input → output", "first ms", "median ms", "p90 ms", "p99 ms", "runs",
-               "MPix/s", "FLOP/img", "TFLOP/s", "RSS Δ / est.", "parity vs torch fp32")
+               "MPix/s", "FLOP/img", "TFLOP/s", "of GEMM", "CPU/wall", "RSS Δ / est.", "parity vs torch fp32")
     wrap = ("parity vs torch fp32", "model")
     for col in columns:
         table.add_column(col, no_wrap=col not in wrap, overflow="fold",
@@ -135,11 +170,12 @@ def rich_table(data: dict, title: str | None = None):
     for r in data["records"]:
         lat = r.get("latency_ms") or {}
         mem = r.get("memory") or {}
-        base = [r["model"], r.get("runtime") or r["backend"], r["precision"], f"{r['input_wxh']} → {r['output_wxh']}"]
+        base = [r["model"], r.get("runtime") or r["backend"], r["precision"],
+                f"{r['input_wxh']} → {r['output_wxh']}{tile_label(r)}"]
         if r["status"] != "ok":
             style = "yellow" if r["status"] == "skipped" else "red"
             table.add_row(*base, f"[{style}]{r['status']}[/]", "", "", "", "", "", _flops(r.get("flops_per_image")),
-                          "", f"– / {_mib(mem.get('estimate_bytes'))}",
+                          "", "", "", f"– / {_mib(mem.get('estimate_bytes'))}",
                           f"[{style}]{escape(r.get('reason') or '')}[/]")
             continue
         par = parity_text(r.get("parity"))
@@ -147,6 +183,7 @@ def rich_table(data: dict, title: str | None = None):
         table.add_row(*base, _ms(r.get("first_run_ms")), _ms(lat.get("median")), _ms(lat.get("p90")),
                       _ms(lat.get("p99")), str(lat.get("count", "")), _num(r.get("megapixels_per_s")),
                       _flops(r.get("flops_per_image")), _num(r.get("tflops")),
+                      f"[red]{peak_text(r)}[/]" if r.get("suspect") else peak_text(r), _num(r.get("cpu_per_wall"), 2),
                       f"{_mib(mem.get('rss_peak_delta_bytes'))} / {_mib(mem.get('estimate_bytes'))}",
                       f"[{par_style}]{par}[/]")
     return table
@@ -157,24 +194,25 @@ def rich_table(data: dict, title: str | None = None):
 def markdown_table(data: dict, *, reasons: bool = True) -> str:
     """The records as a GitHub Markdown table (latency in ms; skipped rows with their reason)."""
     head = ("| model | backend | prec | input → output | first run ms | median ms | p90 ms | p99 ms | runs | MPix/s "
-            "| GFLOP/img | TFLOP/s | peak RSS Δ | mem. estimate | load 1m | parity vs PyTorch FP32 (PSNR / max abs) |")
+            "| GFLOP/img | TFLOP/s | of GEMM peak (wall / CPU-s) | CPU/wall | peak RSS Δ | mem. estimate | load 1m "
+            "| parity vs PyTorch FP32 (PSNR / max abs) |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in data["records"]:
         lat = r.get("latency_ms") or {}
         mem = r.get("memory") or {}
         gflop = "" if r.get("flops_per_image") is None else _gflop(r["flops_per_image"])
-        io_ = f"{r['input_wxh']} → {r['output_wxh']}"
+        io_ = f"{r['input_wxh']} → {r['output_wxh']}{tile_label(r)}"
         backend = r.get("runtime") or r["backend"]
         if r["status"] != "ok":
             why = (r.get("reason") or "").replace("|", "\\|") if reasons else ""
             lines.append(f"| {r['model']} | {backend} | {r['precision']} | {io_} | **{r['status']}** | | | | | | {gflop} "
-                         f"| | | {_mib(mem.get('estimate_bytes'))} | | {why} |")
+                         f"| | | | | {_mib(mem.get('estimate_bytes'))} | | {why} |")
             continue
         lines.append(
             f"| {r['model']} | {backend} | {r['precision']} | {io_} | {_ms(r.get('first_run_ms'))} | "
             f"{_ms(lat.get('median'))} | {_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {lat.get('count', '')} | "
-            f"{_num(r.get('megapixels_per_s'))} | {gflop} | {_num(r.get('tflops'))} | "
-            f"{_mib(mem.get('rss_peak_delta_bytes'))} | {_mib(mem.get('estimate_bytes'))} | {_load(r)} | "
+            f"{_num(r.get('megapixels_per_s'))} | {gflop} | {_num(r.get('tflops'))} | {peak_text(r)} | "
+            f"{_num(r.get('cpu_per_wall'), 2)} | {_mib(mem.get('rss_peak_delta_bytes'))} | {_mib(mem.get('estimate_bytes'))} | {_load(r)} | "
             f"{parity_text(r.get('parity'))} |")
     return "\n".join(lines)
 
@@ -194,7 +232,22 @@ def markdown_header(data: dict) -> str:
             f"{v.get('onnx')}, Python {v.get('python')}. Warm-up {s['warmup']}, {timed}, batch {s['batch']}"
             + (f", tile {s['tile']} overlap {s['overlap']}" if s.get("tile") else "")
             + f". Load average before {load.get('loadavg_before')}, after {load.get('loadavg_after')}. "
-            f"Command: `{data.get('command')}`")
+            + probe_sentence(data) + f"Command: `{data.get('command')}`")
+
+
+def probe_sentence(data: dict) -> str:
+    """'Same-run GEMM probe (FP32, 1 thread): 15 GFLOP/s before, 17 after. ' ('' for files without a probe)."""
+    probe = data.get("probe") or {}
+    if not probe:
+        return ""
+    parts = []
+    for dtype in ("fp32", "fp16"):
+        rates = [f"{probe[k][dtype]['gflops_best']:.0f} GFLOP/s {k}" for k in ("before", "after")
+                 if dtype in (probe.get(k) or {})]
+        if rates:
+            parts.append(f"{dtype.upper()} {', '.join(rates)}")
+    threads = (probe.get("before") or {}).get("torch_threads")
+    return f"Same-run GEMM probe (torch.mm 2048³, {threads} thread(s)): {'; '.join(parts)}. "
 
 
 # --- plot -----------------------------------------------------------------------------------------------------------
@@ -223,6 +276,17 @@ def write_plot(data: dict, path: Path) -> Path | None:
     return path
 
 
+def plot_missing_reason(data: dict) -> str:
+    """Why :func:`write_plot` wrote nothing: matplotlib missing, or no record that ran (with the statuses)."""
+    if _pyplot() is None:
+        return "matplotlib is not installed (pip install 'deploykit[plot]')"
+    counts: dict[str, int] = {}
+    for r in data.get("records", []):
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return ("nothing ran to plot (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"
+            if counts else "nothing was planned to plot")
+
+
 def _pyplot():
     """matplotlib.pyplot on the Agg backend, None when matplotlib is not installed (it is optional)."""
     try:
@@ -242,7 +306,10 @@ def plot_series(data: dict) -> dict[tuple, list]:
     for r in data["records"]:
         if r["status"] != "ok" or not (r.get("latency_ms") or {}).get("median"):
             continue
-        key = (r["model"], r.get("runtime") or r["backend"], r["precision"])
+        tile = r.get("tile") or {}
+        tiled = (f" ({'auto-' if tile.get('auto') else ''}tiled {tile['tile']}, ov {tile.get('overlap')})"
+                 if tile.get("tile") else "")
+        key = (r["model"], (r.get("runtime") or r["backend"]) + tiled, r["precision"])
         mpix = r["input_hw"][0] * r["input_hw"][1] * r["batch"] / 1e6
         series.setdefault(key, []).append((mpix, r["latency_ms"]["median"], r.get("tflops"), r["input_wxh"]))
     return series
@@ -308,9 +375,10 @@ def write_all(data: dict, out_root: str | Path = "benchmarks/results", name: str
     out = ensure_writable_dir(results_dir(out_root, data))
     stem = _safe_name(name or "bench-" + data["created"].replace(":", "").replace("+0000", "Z")[:17])
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv"}
-    write_json_atomic(paths["json"], data)
-    write_bytes_atomic(paths["csv"], csv_text(data).encode())
-    png = write_plot(data, out / f"{stem}.png")
+    with folder_lock(out, "deploykit bench"):  # one writer per results folder: json, csv and png of one run
+        write_json_atomic(paths["json"], data)
+        write_bytes_atomic(paths["csv"], csv_text(data).encode())
+        png = write_plot(data, out / f"{stem}.png")
     if png is not None:
         paths["png"] = png
     return paths
@@ -323,11 +391,50 @@ def load(path: str | Path) -> dict:
     return data
 
 
+# --- tables embedded in Markdown, kept in step with their JSON ---------------------------------------------------
+
+TABLE_MARK = re.compile(r"<!-- bench-table: (?P<json>[^ ]+?)(?P<opts>(?: [a-z-]+)*) -->\n(?P<body>.*?)"
+                        r"<!-- /bench-table -->", re.DOTALL)
+
+
+def table_block(data: dict, opts: str = "") -> str:
+    """What a ``<!-- bench-table: FILE.json [no-header] -->`` block holds: the header line and the table."""
+    head = "" if "no-header" in opts else markdown_header(data) + "\n\n"
+    return head + markdown_table(data) + "\n"
+
+
+def render_tables(text: str, root: str | Path) -> str:
+    """``text`` with every bench-table block regenerated from its JSON (paths relative to ``root``)."""
+    def fill(m: re.Match) -> str:
+        body = table_block(load(Path(root) / m["json"]), m["opts"])
+        return f"<!-- bench-table: {m['json']}{m['opts']} -->\n{body}<!-- /bench-table -->"
+
+    return TABLE_MARK.sub(fill, text)
+
+
+def table_drift(path: str | Path, root: str | Path) -> list[str]:
+    """The JSON files whose block in the Markdown file ``path`` no longer matches what the JSON renders."""
+    text = Path(path).read_text()
+    drifted = []
+    for m in TABLE_MARK.finditer(text):
+        if m["body"] != table_block(load(Path(root) / m["json"]), m["opts"]):
+            drifted.append(m["json"])
+    return drifted
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the Markdown header and table of each JSON file given (for benchmarks/README.md)."""
-    for path in (argv if argv is not None else sys.argv[1:]):
+    """``FILE.json ...``: print the Markdown header and table of each; ``--update FILE.md ...``: regenerate the
+    bench-table blocks of those Markdown files in place (paths relative to the current directory)."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args and args[0] == "--update":
+        for md in args[1:]:
+            path = Path(md)
+            write_bytes_atomic(path, render_tables(path.read_text(), Path.cwd()).encode())
+            print(f"updated {md}")
+        return 0
+    for path in args:
         data = load(path)
-        print(f"<!-- {path} -->\n{markdown_header(data)}\n\n{markdown_table(data)}\n")
+        print(f"<!-- bench-table: {path} -->\n{table_block(data)}<!-- /bench-table -->\n")
     return 0
 
 

@@ -22,15 +22,17 @@ What each figure means (also written into every JSON file, ``methods``):
   or the engine's device memory (TensorRT).
 * **Memory guard**: before a case runs, its working memory is estimated from the peak live activation bytes of
   one PyTorch eager forward at that size, traced on the meta device (no arithmetic; exact for PyTorch's tensors,
-  also for attention whose memory grows with (H*W)^2): ``estimate = factor x trace + fixed + 2 x output``.
-  PyTorch: ``factor`` 2, ``fixed`` 256 MiB (measured peak RSS growth minus 256 MiB was 0.3-1.1x the trace on the
-  zoo at 256-512 px: oneDNN work buffers, allocator slack). ONNX Runtime plans memory its own way (1-5.8x the
-  trace at 256 px, growing with size: 3.3x at 768 px for MIRNet-v2, 4.3x at 1024 px for VapSR), so its factor is
-  calibrated per model: a fresh session runs twice at 48x48 and at 96x96, and the marginal growth of peak RSS per
-  traced byte, times 2.5, is the factor (at least 4.5). The case is skipped (never an OOM or a swap
-  storm: this machine has no swap) when the estimate exceeds ``MemAvailable`` (/proc/meminfo, capped by a cgroup
-  limit) minus a reserve of max(1 GiB, 10% of RAM); the skip states the estimate and the largest ``--tile`` whose
-  estimate fits. On CUDA the same trace in the run's dtype x 1.5 is checked against free device memory.
+  also for attention whose memory grows with (H*W)^2): ``estimate = factor x trace + fixed + 2 x output``. When
+  the coarse bound (factor 2 for PyTorch, 10 for ONNX Runtime) is above a quarter of the usable memory, the
+  factor and fixed bytes are calibrated per (model, backend, precision) from the peak RSS growth measured at
+  64^2 and 128^2 (``memory.probe_calibration``; marginal bytes per traced byte x 1.25). A case whose whole frame
+  does not fit is tiled automatically (``autotile``: the largest tile whose estimate fits, overlap from the
+  receptive field, the tiling's PSNR measured once at 256^2), and skipped only when no tile fits; usable =
+  ``MemAvailable`` (cgroup-capped) minus max(1 GiB, 10% of RAM). On CUDA the trace in the run's dtype x 1.5 is
+  checked against free device memory.
+* **Honesty checks** (:mod:`~deploykit.bench.probe`): the threads are read back from each runner, CPU time /
+  wall time is measured over the timed runs, and every TFLOP/s is divided by the same run's GEMM probe
+  (``peak_fraction``); a record above 1.0 of the GEMM rate, or using more CPU than its threads, is ``suspect``.
 """
 
 from __future__ import annotations
@@ -45,18 +47,52 @@ from pathlib import Path
 
 import torch
 
-from deploykit.bench.backends import case_device, gpu_compute_times, make_backend, run_once_fn
+from deploykit.bench.autotile import auto_overlap, tiled_settings, tiling_check
+from deploykit.bench.backends import (
+    case_device,
+    gpu_compute_times,
+    make_backend,
+    run_once_fn,
+)
 from deploykit.bench.guard import memory_guard
 from deploykit.bench.memory import MemoryGuard
 from deploykit.bench.parity import case_parity, ensure_reference, parity_short
-from deploykit.bench.plan import (DEFAULT_RES, PARITY_SEED, BenchSettings, Case, Event, Work, check_options,
-                                  parse_choices, plan_cases, resolve_backends)
-from deploykit.bench.records import (BenchRecord, BenchResult, device_info, latency_note, library_versions,
-                                     memory_summary)
+from deploykit.bench.plan import (
+    DEFAULT_RES,
+    PARITY_SEED,
+    BenchSettings,
+    Case,
+    Event,
+    Work,
+    check_options,
+    parse_choices,
+    plan_cases,
+    resolve_backends,
+)
+from deploykit.bench.probe import (
+    CpuClock,
+    gemm_probe,
+    judge_records,
+    ort_readback,
+    set_torch_threads,
+)
+from deploykit.bench.records import (
+    BenchRecord,
+    BenchResult,
+    device_info,
+    latency_note,
+    library_versions,
+    memory_summary,
+)
 from deploykit.bench.sources import resolve_models
 from deploykit.bench.state import ModelState
 from deploykit.bench.timing import Timing, latency_stats, time_runs
-from deploykit.errors import BackendUnavailableError, BenchError, DeployKitError, ShapeContractError
+from deploykit.errors import (
+    BackendUnavailableError,
+    BenchError,
+    DeployKitError,
+    ShapeContractError,
+)
 from deploykit.imaging.tiling import plan_tiles
 from deploykit.runtime.base import Backend
 from deploykit.runtime.gpu import cuda_available
@@ -74,27 +110,39 @@ def run_bench(models: Sequence[str] | None = None, *, res: str | Iterable[str] =
               batch: int = 1, warmup: int = 2, iters: int | None = None, seconds: float | None = None,
               tile: int | None = None, overlap: int = 32, threads: int | None = None,
               exports_root: str | Path = "exports", cache_dir: str | Path | None = None,
-              on_event: Event | None = None, command: Sequence[str] | None = None) -> BenchResult:
+              on_event: Event | None = None, command: Sequence[str] | None = None,
+              plan_only: bool = False) -> BenchResult:
     """Benchmark every (model, backend, precision, resolution); see the module docstring for what is measured."""
     event = on_event or (lambda kind, msg: None)
     settings, unavailable = _settings(res, backends, precisions, batch=batch, warmup=warmup, iters=iters,
                                       seconds=seconds, tile=tile, overlap=overlap, threads=threads,
                                       exports_root=exports_root, cache_dir=cache_dir, event=event)
+    settings.plan_only = plan_only
     targets = resolve_models(models, exports_root)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    thread_info = {"torch_intra_op": torch.get_num_threads(), "ort_intra_op": threads or default_threads()}
+    thread_info = {**set_torch_threads(threads), "ort_intra_op": threads or default_threads(),
+                   "ort_inter_op": threads or default_threads()}
     started = _now()
     load_before, mem_before = loadavg(), memory_summary()
     device = "cuda" if cuda_available() else "cpu"
+    probes = {"before": gemm_probe(device)}
+    event("info", f"GEMM probe ({device}, {thread_info['torch_intra_op']} thread(s)): " + probe_text(probes["before"]))
     cases = plan_cases(targets, settings.sizes, settings.backends, settings.precisions, batch)
     event("info", f"{len(cases)} runs planned: {len(targets)} model(s) x {len(settings.sizes)} size(s) x "
                   f"{len(settings.backends)} backend(s) x {len(settings.precisions)} precision(s); torch on {device}, "
                   f"threads {thread_info}")
     records, flops_info = _run_cases(cases, settings, device, event)
+    probes["after"] = gemm_probe(device)
+    judge_records(records, list(probes.values()))
+    for r in records:
+        if r.suspect:
+            event("error", f"{r.model} {r.backend}/{r.precision} {r.input_wxh}: SUSPECT: {'; '.join(r.suspect_reasons)}")
     return BenchResult(settings, records, device_info(thread_info), library_versions(),
                        list(command) if command is not None else list(sys.argv), unavailable, started, _now(),
-                       load_before, loadavg(), mem_before, memory_summary(), flops_info)
+                       load_before, loadavg(), mem_before, memory_summary(), flops_info, probes=probes)
+
+
+def probe_text(probe: dict) -> str:
+    return ", ".join(f"{k} {probe[k]['gflops_best']:.0f} GFLOP/s" for k in ("fp32", "fp16") if k in probe)
 
 
 def _now() -> str:
@@ -191,7 +239,15 @@ def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str
     start = time.perf_counter()
     work = plan_work(case, state, settings, record)
     guard = memory_guard(case, state, settings, device, work, record, event)
-    if guard is not None and guard.fits:
+    if guard is not None and not guard.fits and settings.tile is None and guard.tile_hint:
+        settings, work, guard = _auto_tile(case, state, settings, device, guard, record, event)
+    if guard is not None and guard.fits and settings.plan_only:
+        record.status = "planned"
+        record.reason = (f"would run {record.tile['plan'] if record.tile else 'whole frame'}: estimate "
+                         f"{guard.estimate_bytes / 2**30:.1f} GiB of "
+                         f"{(guard.available_bytes - guard.reserve_bytes) / 2**30:.1f} GiB usable")
+        event("info", f"{case.label}: {record.reason}")
+    elif guard is not None and guard.fits:
         _run_guarded(case, state, settings, device, work, guard, record, event)
     elif guard is not None:
         record.stop("skipped", guard.reason(fmt_wxh(case.hw)), event, case.label)
@@ -199,6 +255,30 @@ def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str
     if record.status == "ok":
         event("done", _done_message(case, record))
     return record
+
+
+def _auto_tile(case: Case, state: ModelState, settings: BenchSettings, device: str, whole: MemoryGuard,
+               record: BenchRecord, event: Event) -> tuple[BenchSettings, Work, MemoryGuard | None]:
+    """The whole frame does not fit: re-plan the case tiled with the largest tile the (calibrated) estimate allows
+    and an overlap from the receptive field, guard it again, and measure the tiling's PSNR once per model."""
+    spec, tile = state.spec, whole.tile_hint
+    radius = state.receptive_radius
+    overlap = auto_overlap(radius, tile, spec.multiple_of)
+    tiled = tiled_settings(settings, tile, overlap)
+    whole_memory = dict(record.memory)
+    work = plan_work(case, state, tiled, record)
+    guard = memory_guard(case, state, tiled, device, work, record, event)
+    check = None
+    if guard is not None and guard.fits and not settings.plan_only:
+        check = tiling_check(state, max(case.hw), tile, overlap)
+    record.tile.update(auto=True, receptive_radius=radius, whole_frame_estimate_bytes=whole.estimate_bytes,
+                       whole_frame_memory=whole_memory, psnr_check=check,
+                       why=f"whole frame needs about {whole.estimate_bytes / 2**30:.1f} GiB, "
+                           f"{(whole.available_bytes - whole.reserve_bytes) / 2**30:.1f} GiB usable")
+    event("info", f"{case.label}: whole frame does not fit ({record.tile['why']}): automatically tiled, "
+                  f"{record.tile['plan']}, overlap {overlap} (receptive radius bound {radius} px)"
+                  + (f"; tiled vs whole at {check['size']}²: {check['psnr_db']:.1f} dB" if check else ""))
+    return tiled, work, guard
 
 
 def _run_guarded(case: Case, state: ModelState, settings: BenchSettings, device: str, work: Work,
@@ -251,15 +331,21 @@ def _measure(case: Case, state: ModelState, settings: BenchSettings, feed: dict,
                    + (f", {record.tile['plan']}" if record.tile else ""))
     load_start = loadavg()
     meter = RssMeter().start()
-    with strict_fp32():  # TF32 off: PyTorch FP32 on CUDA is real FP32
+    with strict_fp32(), CpuClock() as clock:  # TF32 off: PyTorch FP32 on CUDA is real FP32
         timing = time_runs(run, warmup=settings.warmup, iters=settings.iters, seconds=settings.seconds,
                            sync=torch.cuda.synchronize if on_cuda else None)
     record.memory.update(meter.stop())
+    record.cpu_per_wall, record.cpu_seconds = clock.ratio, clock.cpu_s
+    runs = len(timing.samples_ms)
+    record.clock_runs = runs + settings.warmup  # warm-up runs include the first; warmup 0: the first is a sample
+    session = ort_readback(backend)
+    record.threads = {**set_torch_threads(None), **{k: v for k, v in (session or {}).items() if "_op" in k}}
+    record.session_options = session
     record.loadavg = {"start": load_start, "end": loadavg()}
     if on_cuda:
         gpu_figures(record, backend, case, state, settings, feed, len(timing.samples_ms))
     fill_timing(record, timing, work.images, *case.hw)
-    record.parity = case_parity(case, state, timing.output, event, reference_note)
+    record.parity = case_parity(case, state, timing.output, event, reference_note, settings)
     timing.output = None
 
 

@@ -11,7 +11,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from deploykit.bench.flops import MemoryTrace, count_flops, flops_at, meta_copy, trace_peak_bytes
+from deploykit.bench.autotile import receptive_radius
+from deploykit.bench.flops import (
+    MemoryTrace,
+    count_flops,
+    flops_at,
+    meta_copy,
+    trace_peak_bytes,
+)
 from deploykit.bench.sources import Target
 from deploykit.runtime.torch_backend import TorchBackend
 from deploykit.util.sizes import Size, fmt_wxh
@@ -41,6 +48,15 @@ class ModelState:
         self.ref_outputs: dict[tuple, np.ndarray] = {}  # (hw, batch) -> reference output, current size only
         self._traces: dict[tuple, MemoryTrace] = {}
         self.calibrations: dict[tuple, dict] = {}  # (backend, precision, batch) -> memory.probe_calibration(...)
+        self.tiling_checks: dict[tuple, dict] = {}  # (size, tile, overlap) -> autotile.tiling_check(...)
+        self._radius: int | None = None
+
+    @property
+    def receptive_radius(self) -> int:
+        """The convolutional receptive radius bound (``autotile.receptive_radius``), computed once."""
+        if self._radius is None:
+            self._radius = receptive_radius(self.meta, self.spec)
+        return self._radius
 
     def flops_at(self, hw: Size) -> tuple[int, str]:
         """(FLOPs per image at hw, how): scaled from the base count, or counted at hw when not linear."""

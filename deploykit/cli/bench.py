@@ -57,6 +57,8 @@ def register(app: typer.Typer) -> None:
         cache_dir: Annotated[Optional[Path], typer.Option(
             help="where models without an export are exported on the fly (default: ~/.cache/deploykit/bench-exports)",
             show_default=False)] = None,
+        plan_only: Annotated[bool, typer.Option(
+            "--plan-only", help="estimate memory (calibrated), pick whole frame or tiles for every case, time none")] = False,
     ) -> None:
         """Latency x resolution x backend x precision with FLOPs, memory and parity vs PyTorch FP32 -> table, JSON,
         CSV, PNG. Resolutions that cannot fit in memory are skipped with the estimate and a --tile hint."""
@@ -65,7 +67,8 @@ def register(app: typer.Typer) -> None:
 
         result = run_bench(models, res=res or DEFAULT_RES, backends=backend, precisions=precision, batch=batch,
                            warmup=warmup, iters=iters, seconds=seconds, tile=tile, overlap=overlap, threads=threads,
-                           exports_root=exports, cache_dir=cache_dir, on_event=_print_event, command=_command())
+                           exports_root=exports, cache_dir=cache_dir, on_event=_print_event, command=_command(),
+                           plan_only=plan_only)
         _show_and_write(result, out, name)
 
 
@@ -77,7 +80,7 @@ def _command() -> list[str]:
 def _show_and_write(result, out: Path, name: str | None) -> None:
     """The table and the methods line, then OUT/<device-slug>/NAME.json/.csv/.png; exit 1 when a run failed or
     broke parity."""
-    from deploykit.bench.report import rich_table, write_all
+    from deploykit.bench.report import plot_missing_reason, rich_table, write_all
 
     data = result.to_dict()
     console.print(rich_table(data))
@@ -88,8 +91,7 @@ def _show_and_write(result, out: Path, name: str | None) -> None:
     paths = write_all(data, out, name)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)
     if "png" not in paths:
-        console.print("[yellow]no plot:[/] matplotlib is not installed (pip install 'deploykit[plot]') "
-                      "or nothing ran", highlight=False)
+        console.print(f"[yellow]no plot:[/] {plot_missing_reason(data)}", highlight=False)
     failed = [r for r in result.records if r.status == "error"
               or (r.parity and r.parity.get("checked") and not r.parity.get("passed"))]
     if failed:

@@ -166,3 +166,61 @@ def cpu_count() -> int:
 def cpu_slug() -> str:
     """Results folder name of this CPU machine (``benchmarks/results/<slug>/``), e.g. ``cpu-amd-epyc-2cpu``."""
     return f"cpu-{slug(cpu_model()).lower()}-{cpu_count()}cpu"
+
+
+KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def _cpuinfo_first() -> dict[str, str]:
+    """The fields of the first processor block of /proc/cpuinfo (empty off Linux)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                if fields:
+                    break
+                continue
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def cgroup_cpu_quota() -> float | None:
+    """CPUs this cgroup may use (quota / period, cgroup v2 cpu.max or v1 cfs_quota_us), None when unlimited."""
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    with contextlib.suppress(OSError, ValueError):
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    return None
+
+
+def cpu_identity(cpuinfo: dict[str, str] | None = None) -> dict:
+    """The CPU as /proc/cpuinfo names it: model name, vendor, family/model/stepping, MHz, the SIMD/matrix flags
+    the kernels care about (present ones only), visible CPUs (affinity), all CPUs, and the cgroup CPU quota."""
+    info = _cpuinfo_first() if cpuinfo is None else cpuinfo
+    flags = set(info.get("flags", "").split())
+
+    def number(key: str):
+        with contextlib.suppress(ValueError, TypeError):
+            value = float(info[key])
+            return int(value) if value.is_integer() and key != "cpu mhz" else value
+        return None
+
+    return {"model_name": info.get("model name") or cpu_model(), "vendor": info.get("vendor_id"),
+            "family": number("cpu family"), "model": number("model"), "stepping": number("stepping"),
+            "mhz": number("cpu mhz"), "flags": [f for f in KERNEL_FLAGS if f in flags],
+            "cpus_visible": cpu_count(), "cpus_total": os.cpu_count(), "cgroup_cpu_quota": cgroup_cpu_quota(),
+            "machine": platform.machine()}
+
+
+def cpu_identity_text(ident: dict) -> str:
+    """'AMD EPYC (family 25 model 17 stepping 1, 2596 MHz, avx2 avx512f …, 2 CPUs visible)'."""
+    mhz = f", {ident['mhz']:.0f} MHz" if ident.get("mhz") else ""
+    quota = f", cgroup quota {ident['cgroup_cpu_quota']:g} CPUs" if ident.get("cgroup_cpu_quota") else ""
+    return (f"{ident.get('model_name')} (family {ident.get('family')} model {ident.get('model')} stepping "
+            f"{ident.get('stepping')}{mhz}, {' '.join(ident.get('flags') or []) or 'no AVX'}, "
+            f"{ident.get('cpus_visible')} CPUs visible{quota})")

@@ -33,6 +33,13 @@ def plenty(monkeypatch):
     monkeypatch.setattr(memory, "host_reserve", lambda total=None: GIB)
 
 
+@pytest.fixture
+def tight(monkeypatch):
+    """1 GiB usable: the coarse ORT bound of a 64x64 srresnet case (~0.36 GiB) is above a quarter of it."""
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * GIB)
+    monkeypatch.setattr(memory, "host_reserve", lambda total=None: GIB)
+
+
 def test_device_backends_are_guarded_on_the_gpu(state, plenty, monkeypatch):
     case, work = _case(state, "trt", "fp16")
     settings = BenchSettings([(64, 64)], ["trt"], ["fp16"])
@@ -49,7 +56,30 @@ def test_device_backends_are_guarded_on_the_gpu(state, plenty, monkeypatch):
     assert not verdict.fits and verdict.pool == "cuda" and "free GPU memory" in verdict.reason("64x64")
 
 
-def test_ort_uses_the_calibrated_factor(state, plenty, monkeypatch):
+def test_far_below_the_memory_available_the_coarse_bound_is_kept(state, plenty, monkeypatch):
+    monkeypatch.setattr(guard, "make_backend", lambda *a, **k: pytest.fail("no probe is worth running here"))
+    for backend in ("ort", "torch"):
+        case, work = _case(state, backend)
+        record = new_record(case, 0)
+        verdict = memory_guard(case, state, BenchSettings([(64, 64)], [backend], ["fp32"]), "cpu", work, record,
+                               print)
+        assert verdict.fits and verdict.factor == memory.HOST_FACTORS[backend]
+        assert record.memory["estimate_method"].startswith("coarse") and "calibration" not in record.memory
+
+
+@pytest.mark.parametrize("backend, key", [("ort", "ort"), ("torch", "torch"), ("torch-compile", "torch")])
+def test_calibration_is_per_backend_kind(state, tight, monkeypatch, backend, key):
+    cal = {"factor": 1.5, "fixed_bytes": 300 * 2**20, "ratio": 1.2, "sizes": [64, 128], "seconds": 0.0}
+    monkeypatch.setitem(state.calibrations, (key, "fp32", 1), cal)
+    monkeypatch.setattr(guard, "make_backend", lambda *a, **k: pytest.fail("the probe ran again"))
+    case, work = _case(state, backend)
+    record = new_record(case, 0)
+    verdict = memory_guard(case, state, BenchSettings([(64, 64)], [backend], ["fp32"]), "cpu", work, record, print)
+    assert verdict.factor == 1.5 and record.memory["calibration"] is cal
+    assert record.memory["estimate_method"].startswith("calibrated: 300 MiB + 1.5 x")
+
+
+def test_ort_uses_the_calibrated_factor(state, tight, monkeypatch):
     case, work = _case(state, "ort")
     settings = BenchSettings([(64, 64)], ["ort"], ["fp32"])
     cal = {"factor": 7.5, "fixed_bytes": 300 * 2**20, "ratio": 3.0, "sizes": [48, 96], "seconds": 0.0}
@@ -63,7 +93,7 @@ def test_ort_uses_the_calibrated_factor(state, plenty, monkeypatch):
     assert record.memory["calibration"] is cal and record.memory["guard_factor"] == 7.5
 
 
-def test_an_unavailable_probe_backend_is_a_skip(state, plenty, monkeypatch):
+def test_an_unavailable_probe_backend_is_a_skip(state, tight, monkeypatch):
     case, work = _case(state, "ort", "fp16")
 
     def unavailable(*args, **kwargs):

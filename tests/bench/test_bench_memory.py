@@ -77,12 +77,17 @@ def test_probe_calibration_is_util_probe_peak_rss_twice_per_size(monkeypatch):
         return [100 * 2**20, 400 * 2**20]
 
     monkeypatch.setattr(memory, "probe_peak_rss", fake_probe)
-    spec = get_spec("mprnet:deraining")  # multiple_of 8: 16 and 48/96 stay as they are
-    result = probe_calibration(lambda size: None, spec, lambda t: 1000 * t * t, floor=4.5)
-    assert calls == {"sizes": [48, 96], "warm": 16, "repeats": 2}
-    expected = calibrate_factor([100 * 2**20, 400 * 2**20], [1000 * 48 * 48, 1000 * 96 * 96], 4.5)
-    assert result["factor"] == pytest.approx(expected["factor"]) and result["sizes"] == [48, 96]
+    spec = get_spec("mprnet:deraining")  # multiple_of 8: 16 and 64/128 stay as they are
+    result = probe_calibration(lambda size: None, spec, lambda t: 1000 * t * t, floor=0.5)
+    assert calls == {"sizes": [64, 128], "warm": 16, "repeats": 2}
+    expected = calibrate_factor([100 * 2**20, 400 * 2**20], [1000 * 64 * 64, 1000 * 128 * 128], 0.5)
+    assert result["factor"] == pytest.approx(expected["factor"]) and result["sizes"] == [64, 128]
     assert result["seconds"] >= 0
+
+
+def test_probe_sizes_stay_within_a_model_tile_limit():
+    assert memory.probe_sizes(get_spec("panet:dn")) == [64, 112]  # PANet: tiles of at most 112
+    assert memory.probe_sizes(get_spec("srresnet:x4")) == [64, 128]
 
 
 @pytest.mark.skipif(not peak_rss_measurable(), reason="needs VmHWM and /proc/self/clear_refs")
@@ -93,5 +98,5 @@ def test_probe_calibration_measures_real_allocations():
         assert block[-1] == 1
 
     result = probe_calibration(run_at, get_spec("srresnet:x2"), lambda t: 4096 * t * t, floor=0.1)
-    assert result["peaks"][1] >= 0.9 * 4096 * 96 * 96
+    assert result["peaks"][1] >= 0.9 * 4096 * 128 * 128
     assert 0.8 <= result["ratio"] <= 1.5

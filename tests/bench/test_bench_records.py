@@ -15,7 +15,7 @@ from deploykit.bench.records import (LATENCY_NOTE, METHODS, SCHEMA, SCHEMA_VERSI
                                      device_info, json_safe, latency_note, library_versions, memory_summary)
 
 V1_KEYS = {"schema", "schema_version", "created", "started", "command", "argv", "device", "versions", "settings",
-           "load", "host_memory", "unavailable_backends", "methods", "flops", "notes", "records"}
+           "load", "host_memory", "unavailable_backends", "methods", "flops", "notes", "probe", "records"}
 
 
 def _record(**kw) -> BenchRecord:

@@ -137,14 +137,61 @@ def test_bench_end_to_end_writes_json_csv_png(srresnet_export, tmp_path):
     ort = [r for r in records if r["backend"] == "ort"]
     assert all(r["parity"]["checked"] and r["parity"]["passed"] and r["parity"]["nonfinite"] == 0 for r in ort)
     assert all(r["artifact"]["source"] == "exports" for r in ort)
-    spec = get_spec("srresnet:x2")
-    for r in ort:  # ONNX Runtime's guard factor comes from the probe, once per model: the same calibration
-        cal = r["memory"]["calibration"]
-        assert cal["sizes"] == [spec.valid_size(48), spec.valid_size(96)] and len(cal["peaks"]) == 2
-        assert cal["factor"] >= HOST_FACTORS["ort"] and r["memory"]["guard_factor"] == cal["factor"]
-    assert ort[0]["memory"]["calibration"] == ort[1]["memory"]["calibration"]
+    for r in records:  # tiny cases, far below the memory available: the coarse bound, no probe
+        assert r["memory"]["estimate_method"].startswith("coarse")
+        assert r["memory"]["guard_factor"] == HOST_FACTORS[r["backend"]]
+    # --threads 1 read back from the runners, the same-run GEMM probe, and each record against it
+    assert data["probe"]["before"]["fp32"]["gflops_best"] > 0 and data["probe"]["after"]["torch_threads"] == 1
+    assert data["device"]["cpu_identity"]["cpus_visible"] >= 1 and "model_name" in data["device"]["cpu_identity"]
+    for r in records:
+        assert r["threads"]["torch_intra_op"] == 1 and r["cpu_per_wall"] > 0
+        assert r["peak_gflops"] == max(p["fp32"]["gflops_best"] for p in data["probe"].values())
+        assert r["peak_fraction"] == pytest.approx(r["tflops"] * 1e3 / r["peak_gflops"])
+        assert r["suspect"] == bool(r["suspect_reasons"])
+        assert r["clock_runs"] == 3 and r["cpu_seconds"] > 0  # warm-up 1 (the first run) + 2 timed runs
+        assert r["cpu_peak_fraction"] == pytest.approx(
+            r["tflops"] * 1e12 * r["latency_ms"]["median"] / 1e3 * 3 / r["cpu_seconds"] / 1e9
+            / max(p["fp32"]["gflops_per_cpu_s_best"] for p in data["probe"].values()))
+    for r in ort:
+        assert (r["threads"]["ort_intra_op"], r["threads"]["ort_inter_op"]) == (1, 1)
+        assert r["session_options"]["execution_mode"] == "ORT_SEQUENTIAL"
     assert all(r["parity"]["reference"] for r in records if r["backend"] == "torch")
     rows = list(csv.DictReader((device_dir / "tiny.csv").open()))
     assert len(rows) == 4 and rows[1]["parity_passed"] == "True"
     png = (device_dir / "tiny.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_frame_that_does_not_fit_is_tiled_automatically(monkeypatch, tmp_path):
+    """Whole 96x96 does not fit the (faked) memory, a smaller tile does: the case runs tiled, labelled, with an
+    overlap from the receptive field, judged against the same tiling of PyTorch FP32, and the tiling's PSNR."""
+    from deploykit.bench import guard, memory
+    from deploykit.bench.run import run_bench
+
+    cal = {"factor": 2.0, "fixed_bytes": 0, "ratio": 1.6, "sizes": [64, 128], "seconds": 0.0}
+    monkeypatch.setattr(guard, "calibration", lambda *a, **k: cal)
+    spec = get_spec("srresnet:x2")
+    from deploykit.bench.sources import Target
+    from deploykit.bench.state import ModelState
+
+    state = ModelState(Target(spec), "cpu")
+    held = 2 * 4 * 3 * 192 * 192  # the 96x96 case's output canvas, held twice
+    usable = int(2.0 * state.trace((64, 64), 1).peak_bytes + held + 1)  # 64 fits, 96 does not
+    monkeypatch.setattr(memory, "available_memory", lambda: usable + 2**30)
+    monkeypatch.setattr(memory, "host_reserve", lambda total=None: 2**30)
+    monkeypatch.setattr(memory, "CALIBRATE_ABOVE", 0.0)
+    result = run_bench(["srresnet:x2"], res="96", backends="torch", warmup=0, iters=1, threads=1,
+                       cache_dir=tmp_path / "cache", exports_root=tmp_path / "none")
+    (r,) = [x.to_dict() for x in result.records]
+    assert r["status"] == "ok", r["reason"]
+    tile = r["tile"]
+    assert tile["auto"] is True and tile["tile"] == 64 and tile["tiles"] == 4
+    assert tile["whole_frame_estimate_bytes"] > usable and tile["receptive_radius"] >= 1
+    assert tile["overlap"] == min(64 // 4, 4 * tile["receptive_radius"])
+    assert tile["psnr_check"]["psnr_db"] > 40 and tile["psnr_check"]["tiles"] > 1
+    assert r["output_hw"] == [192, 192] and r["parity"]["reference"]
+    from deploykit.bench.report import csv_text, markdown_table
+
+    th, tw = tile["tile_hw"]  # the tiler spreads 4 equal tiles of at most 64 over 96 px
+    assert th <= 64 and f"[auto-tiled: 4 x {tw}x{th}, overlap 16]" in markdown_table(result.to_dict())
+    assert ",True," in csv_text(result.to_dict()).splitlines()[1]
