@@ -11,14 +11,15 @@ import sys
 import typer
 from rich.markup import escape
 
-from deploykit.cli import bench, cpp, doctor, export, infer, triton, trt, zoo
+from deploykit.cli import bench, cpp, doctor, export, infer, parity, triton, trt, zoo
 from deploykit.cli.console import err_console
 from deploykit.errors import DeployKitError
+from deploykit.util.signals import interrupt_exit, terminate_on_signals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export PyTorch image-restoration models to ONNX / TensorRT with proven parity.")
 
-for _module in (zoo, export, infer, bench, trt, cpp, triton, doctor):
+for _module in (zoo, export, parity, infer, bench, trt, cpp, triton, doctor):
     _module.register(app)
 
 
@@ -30,25 +31,33 @@ def _usage_error_type() -> type[Exception]:
 
 def main() -> None:
     """Console-script entry: one-line errors and a non-zero exit code instead of tracebacks; usage errors print
-    typer's usage line and reason and exit 2."""
-    try:
-        code = app(standalone_mode=False)
-    except DeployKitError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; previous artifacts are left intact")
-        sys.exit(130)
-    except _usage_error_type() as exc:  # unknown option/command, bad value, missing argument
-        exc.show()
-        sys.exit(exc.exit_code)
+    typer's usage line and reason and exit 2. Ctrl-C, SIGTERM and SIGHUP run every cleanup (staging removed,
+    previous artifacts intact) and exit 128 + the signal with one line (``deploykit.util.signals``)."""
+    with terminate_on_signals() as received:
+        code = _run_app()
+    if received.signum is not None:  # however the command framework reported the interrupt
+        code, message = interrupt_exit(received.signum)
+        err_console.print(message, highlight=False)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _run_app() -> int | None:
+    try:
+        return app(standalone_mode=False)
+    except DeployKitError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except (typer.Exit, SystemExit) as exc:
+        return getattr(exc, "exit_code", getattr(exc, "code", 0))
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        return 130  # the message comes from main(), which knows which signal it was
+    except _usage_error_type() as exc:  # unknown option/command, bad value, missing argument
+        exc.show()
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``deploykit export`` and ``deploykit parity``: parse, call deploykit.exporting / deploykit.verify, print."""
+"""``deploykit export``: parse, call deploykit.exporting, print (``deploykit parity`` lives in cli/parity.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from deploykit.cli.console import console, fail, print_step
+from deploykit.cli.console import console, print_step
 
 
 def _size(n: int) -> str:
@@ -44,17 +44,29 @@ def export_cmd(
     aoti: Annotated[bool, typer.Option("--aoti/--no-aoti",
                                        help="also compile an AOTInductor package for the C++ runner")] = False,
     aoti_device: Annotated[str, typer.Option(help="--aoti package device: auto, cpu or cuda")] = "auto",
+    fp16_policy: Annotated[str, typer.Option(help="FP32 islands of the FP16 ONNX: spec (the zoo's op types) or "
+                                                  "auto (measured on --calib images)")] = "spec",
+    calib: Annotated[Optional[list[Path]], typer.Option(help="--fp16-policy auto: calibration photo or folder "
+                                                             "(repeatable; default a synthetic image)")] = None,
+    fp16_max_res: Annotated[int, typer.Option(help="--fp16-policy auto: prove no overflow up to this input side")] = 2048,
+    min_psnr: Annotated[Optional[float], typer.Option(help="--fp16-policy auto: PSNR floor vs FP32 in dB "
+                                                           "(default 50)")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="fail at once if another run is writing the "
+                                                            "export folder (default: wait for it)")] = False,
 ) -> None:
     """Export to ONNX (FP32 + FP16), simplify, prove parity against PyTorch, write the manifest."""
     from deploykit.exporting.pipeline import export
+    from deploykit.util.locks import lock_policy
 
     if weights is None:
         console.print("[bold yellow]note:[/] no --weights: exporting a seeded random initialisation "
                       f"(seed {seed}); the graph is real, its outputs are not meaningful images.")
-    result = export(name, weights=weights, out=out, opset=opset, static=static, fp16=fp16, simplify_graph=simplify,
-                    simplifier=simplifier, exporter=exporter, forms=form, seed=seed, unsafe_pickle=unsafe_pickle,
-                    trt={"precision": "fp16", "res": trt_res} if trt else None,
-                    aoti=aoti_device if aoti else False, on_step=print_step)
+    with lock_policy(wait=not no_wait):
+        result = export(name, weights=weights, out=out, opset=opset, static=static, fp16=fp16,
+                        simplify_graph=simplify, simplifier=simplifier, exporter=exporter, forms=form, seed=seed,
+                        unsafe_pickle=unsafe_pickle, trt={"precision": "fp16", "res": trt_res} if trt else None,
+                        aoti=aoti_device if aoti else False, fp16_policy=fp16_policy, calib=calib,
+                        fp16_max_res=fp16_max_res, min_psnr=min_psnr, on_step=print_step)
     m = result.manifest
     files = Table(title=f"{result.spec.name} -> {result.out_dir}")
     for col in ("file", "precision", "size", "nodes", "sha256"):
@@ -71,21 +83,5 @@ def export_cmd(
     console.print("steps: " + ", ".join(f"{st['step']} {st['seconds']:.1f}s" for st in result.steps), highlight=False)
 
 
-def parity_cmd(
-    path: Annotated[Path, typer.Argument(help="an export directory, its manifest.json, or one of its .onnx files")],
-    weights: Annotated[Optional[Path], typer.Option(help="checkpoint to use instead of the one recorded")] = None,
-    unsafe_pickle: Annotated[bool, typer.Option(help="allow pickled code in the weights file")] = False,
-) -> None:
-    """Re-run parity on existing artifacts against a freshly built PyTorch FP32 reference."""
-    from deploykit.verify.reparity import rerun_parity
-
-    records = rerun_parity(path, weights=weights, unsafe_pickle=unsafe_pickle)
-    console.print(_parity_table([r.to_dict() for r in records], f"parity of {path}"))
-    if not all(r.passed for r in records):
-        fail("parity failed")
-
-
-
 def register(app: typer.Typer) -> None:
     app.command("export")(export_cmd)
-    app.command("parity")(parity_cmd)

@@ -48,11 +48,14 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="seed for random init when no --weights")] = 0,
         unsafe_pickle: Annotated[bool, typer.Option(help="allow pickled code in --weights (trusted files only)")]
         = False,
+        max_pixels: Annotated[Optional[int], typer.Option(
+            help="largest image to decode, in pixels (default 100000000: a decompression-bomb guard)")] = None,
     ) -> None:
         """Restore image files: pad to the model's contract, run whole or in blended tiles, write images."""
+        from deploykit.imaging.images import pixel_limit
         from deploykit.infer.run import infer
 
-        with RichProgress(console, err_console) as progress:
+        with pixel_limit(max_pixels), RichProgress(console, err_console) as progress:
             report = infer(name, inputs, out, weights=weights, backend=backend, precision=precision, onnx=onnx,
                            exports=exports, tile=tile, overlap=overlap, batch_tiles=batch_tiles,
                            bit_depth=bit_depth, out_format=out_format, blur_sigma=blur_sigma,

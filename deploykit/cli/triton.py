@@ -54,15 +54,19 @@ def triton_cmd(
     model_name: Annotated[Optional[str], typer.Option(help="model directory name (default "
                                                            "<family>_<variant>_<onnx|trt|python>)")] = None,
     warmup: Annotated[bool, typer.Option(help="add a model_warmup request")] = True,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="fail at once if another run is writing the "
+                                                            "repository (default: wait for it)")] = False,
 ) -> None:
     """Write a Triton model repository entry (config.pbtxt validated against Triton's schema) from an export."""
     from deploykit.serve.triton_repo import RepoOptions, write_repository
+    from deploykit.util.locks import lock_policy
 
     options = RepoOptions(backend=backend, precision=precision, max_batch=max_batch, instances=instances,
                           device=device, tile=_tile(tile), overlap=overlap, ort_trt=ort_trt,
                           ort_trt_cache=ort_trt_cache, threads=threads, queue_delay_us=queue_delay_us,
                           model_name=model_name, warmup=warmup)
-    result = write_repository(name, repo, exports=exports, options=options)
+    with lock_policy(wait=not no_wait):
+        result = write_repository(name, repo, exports=exports, options=options)
     verb = "replaced" if result.replaced else "wrote"
     console.print(f"{verb} [bold]{escape(str(result.model_dir))}[/] ({result.backend}, {result.precision}): "
                   f"{', '.join(escape(f) for f in result.files)}", highlight=False, soft_wrap=True)

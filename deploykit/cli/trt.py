@@ -34,6 +34,8 @@ def build_cmd(
     out: Annotated[Path, typer.Option(help="export root; the model is read from OUT/<model>/<variant>/")] = Path("exports"),
     device: Annotated[int, typer.Option(help="CUDA device index")] = 0,
     parity: Annotated[bool, typer.Option("--parity/--no-parity", help="check the engine against PyTorch FP32")] = True,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="fail at once if another run is writing the "
+                                                            "export folder (default: wait for it)")] = False,
 ) -> None:
     """Build a TensorRT engine from an export and record it (identity, profile, parity) in its manifest."""
     from deploykit.artifacts.lookup import export_dir
@@ -45,9 +47,12 @@ def build_cmd(
     spec = get_spec(name)
     resolve_profile(spec, res=res, profile=profile, max_batch=batch)  # bad --res/--profile fail first
     import_tensorrt()  # one-line BackendUnavailableError with the install hint when absent
-    entry = build_engine(export_dir(spec, out), precision=precision, res=res, profile=profile,
-                         max_batch=batch, workspace_gb=workspace, opt_level=opt_level, timing_cache=timing_cache,
-                         typing=typing, device=device, parity=parity, on_step=print_step)
+    from deploykit.util.locks import lock_policy
+
+    with lock_policy(wait=not no_wait):
+        entry = build_engine(export_dir(spec, out), precision=precision, res=res, profile=profile,
+                             max_batch=batch, workspace_gb=workspace, opt_level=opt_level, timing_cache=timing_cache,
+                             typing=typing, device=device, parity=parity, on_step=print_step)
     table = Table(title=f"{spec.name} engine", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")

@@ -30,7 +30,8 @@ from deploykit.errors import BackendUnavailableError, ExportError, ParityError
 from deploykit.exporting.forms import FORMS, build_export_module
 from deploykit.runtime.aoti import AotiBackend
 from deploykit.runtime.torch_backend import TorchBackend, strict_fp32
-from deploykit.util.files import sha256_file, share_mode
+from deploykit.util.files import sha256_file, share_mode, sweep_stale, temp_prefix
+from deploykit.util.locks import folder_lock
 from deploykit.util.progress import Steps
 from deploykit.util.text import one_line
 from deploykit.verify.parity import check_parity
@@ -113,7 +114,9 @@ def export_aoti(result_or_export_dir, *, device: str = "cpu", on_step=None, unsa
     job = _AotiJob(spec, reference, manifest, export_dir, device, Steps(on_step))
     program, described, nodes, _ = job.steps.run("aoti export", _torch_export, job)
     # compile to a hidden temp file in the export dir, prove it, rename it into place; nothing left on failure
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{job.name}.", suffix=f".tmp{PACKAGE_SUFFIX}", dir=export_dir)
+    sweep_stale(export_dir)  # temp packages of killed runs (their names carry the writer's pid and start time)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(export_dir / job.name), suffix=f".tmp{PACKAGE_SUFFIX}",
+                                    dir=export_dir)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -121,11 +124,12 @@ def export_aoti(result_or_export_dir, *, device: str = "cpu", on_step=None, unsa
         records, _ = job.steps.run("aoti parity", _prove, job, tmp)
         entry = _entry(job, tmp, nodes, described, records)
         share_mode(tmp)
-        os.replace(tmp, export_dir / job.name)
+        with folder_lock(export_dir, "deploykit export --aoti"):  # the package and its entry land together
+            os.replace(tmp, export_dir / job.name)
+            manifest = _record(job, entry, records)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    manifest = _record(job, entry, records)
     if hasattr(result_or_export_dir, "manifest"):
         result_or_export_dir.manifest = manifest
     return entry

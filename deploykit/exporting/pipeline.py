@@ -28,6 +28,7 @@ from deploykit.errors import DeployKitError, ExportError, ParityError
 from deploykit.exporting import forms as forms_mod
 from deploykit.exporting.aoti import export_aoti
 from deploykit.exporting.fp16 import Fp16RoundingEmulation, convert_to_fp16
+from deploykit.exporting.fp16_policy import AUTO_MIN_PSNR, auto_convert
 from deploykit.exporting.onnx_export import (
     DEFAULT_OPSET,
     EXPORTERS,
@@ -45,6 +46,7 @@ from deploykit.runtime.ort import OrtBackend
 from deploykit.runtime.torch_backend import TorchBackend
 from deploykit.trt.build import maybe_build_after_export
 from deploykit.util.files import Staging, sha256_file
+from deploykit.util.locks import folder_lock
 from deploykit.util.progress import StepCallback, Steps
 from deploykit.util.sizes import parse_size
 from deploykit.verify.parity import ParityRecord, check_parity
@@ -86,6 +88,10 @@ class ExportOptions:
     unsafe_pickle: bool = False
     trt: dict | None = None
     aoti: bool | str = False
+    fp16_policy: str = "spec"  # "spec": the zoo's op-type policy; "auto": deploykit.exporting.fp16_policy
+    calib: list[str | Path] | None = None  # --calib images for "auto" (None: a synthetic stand-in)
+    fp16_max_res: int = 2048  # "auto": the policy is proven up to this square input side
+    min_psnr: float | None = None  # "auto": PSNR floor vs FP32 on the calibration images (None: 50 dB)
 
 
 @dataclass
@@ -120,24 +126,28 @@ def export(name: str, *, weights: str | Path | None = None, out: str | Path = "e
            simplify_graph: bool = True, simplifier: str = "onnxslim", exporter: str = "auto",
            forms: list[str] | dict[str, str] | None = None, seed: int = DEFAULT_SEED,
            unsafe_pickle: bool = False, trt: dict | None = None, aoti: bool | str = False,
-           on_step: StepCallback | None = None) -> ExportResult:
+           fp16_policy: str = "spec", calib: list[str | Path] | None = None, fp16_max_res: int = 2048,
+           min_psnr: float | None = None, on_step: StepCallback | None = None) -> ExportResult:
     """Export a zoo model to verified ONNX artifacts + manifest under ``out/<family>/<variant>/``."""
     opts = ExportOptions(weights, out, opset, static, fp16, simplify_graph, simplifier, exporter, forms, seed,
-                         unsafe_pickle, trt, aoti)
+                         unsafe_pickle, trt, aoti, fp16_policy, calib, fp16_max_res, min_psnr)
+    if fp16_policy not in ("spec", "auto"):
+        raise ExportError(f"unknown --fp16-policy '{fp16_policy}' (use spec or auto)")
     run = _plan(get_spec(name), opts, Steps(on_step))
-    run.steps.run("load model", _load_model, run)
-    with Staging(run.out_dir) as stage:
-        run.steps.run("export forms", _apply_forms, run)
-        raw_model, raw_path, _ = run.steps.run("export onnx", _export_graph, run, stage)
-        fp32_model, fp32_path = _simplified(run, stage, raw_model, raw_path)
-        run.steps.run("parity fp32", _prove_fp32, run, fp32_model, fp32_path)
-        if opts.fp16:
-            run.steps.run("fp16", _make_fp16, run, stage, fp32_model)
-        else:
-            run.steps.skip("fp16", "--no-fp16")
-        files = _publish(run, stage)
-    result = ExportResult(run.spec, run.out_dir, run.manifest, files, run.steps.records)
-    _after_publish(run, result, on_step)
+    run.steps.run("load model", _load_model, run)  # bad weights fail before the folder is even created
+    with folder_lock(run.out_dir, f"deploykit export {run.spec.name}"):  # one writer per export folder
+        with Staging(run.out_dir) as stage:
+            run.steps.run("export forms", _apply_forms, run)
+            raw_model, raw_path, _ = run.steps.run("export onnx", _export_graph, run, stage)
+            fp32_model, fp32_path = _simplified(run, stage, raw_model, raw_path)
+            run.steps.run("parity fp32", _prove_fp32, run, fp32_model, fp32_path)
+            if opts.fp16:
+                run.steps.run("fp16", _make_fp16, run, stage, fp32_model)
+            else:
+                run.steps.skip("fp16", "--no-fp16")
+            files = _publish(run, stage)
+        result = ExportResult(run.spec, run.out_dir, run.manifest, files, run.steps.records)
+        _after_publish(run, result, on_step)
     return result
 
 
@@ -255,8 +265,14 @@ def _prove_fp32(run: _ExportRun, fp32_model: onnx.ModelProto, fp32_path: Path) -
 
 def _make_fp16(run: _ExportRun, stage: Staging, fp32_model: onnx.ModelProto) -> tuple[None, str]:
     """The mixed-precision FP16 artifact, gated by ORT FP16 parity; the PyTorch FP16 emulation is recorded."""
-    spec, fp16_path = run.spec, stage.path(f"{run.stem}.fp16.onnx")
-    model16, record = convert_to_fp16(fp32_model, spec.fp16)
+    spec, fp16_path, opts = run.spec, stage.path(f"{run.stem}.fp16.onnx"), run.opts
+    if opts.fp16_policy == "auto":
+        model16, record, policy = auto_convert(fp32_model, spec, calib=opts.calib, max_res=opts.fp16_max_res,
+                                               min_psnr_db=AUTO_MIN_PSNR if opts.min_psnr is None else opts.min_psnr)
+    else:
+        model16, record = convert_to_fp16(fp32_model, spec.fp16)
+        policy = {"mode": "spec", "keep_fp32_ops": list(spec.fp16.keep_fp32_ops),
+                  "min_psnr_db": spec.fp16.min_psnr_db, "notes": spec.fp16.notes}
     check_dims(model16, run.request, "fp16 conversion")
     finalize(model16)
     save_onnx(model16, fp16_path)
@@ -269,13 +285,13 @@ def _make_fp16(run: _ExportRun, stage: Staging, fp32_model: onnx.ModelProto) -> 
     _require(ort16, "FP16 ONNX Runtime")
     run.parity += ort16
     run.artifacts.append(_artifact(fp16_path, "fp16", model16, record.to_dict()))
-    run.manifest["fp16"] = {"policy": {"keep_fp32_ops": list(spec.fp16.keep_fp32_ops),
-                                       "min_psnr_db": spec.fp16.min_psnr_db, "notes": spec.fp16.notes},
+    run.manifest["fp16"] = {"policy": policy,
                             "torch_fp16_emulation": [r.to_dict() for r in torch16],
                             "torch_fp16_emulation_note": "weights and every module output rounded to float16, "
                                                          "float32 arithmetic (deploykit.exporting.fp16)"}
     return None, (f"ORT PSNR {min(r.psnr_db for r in ort16):.1f} dB, torch FP16-emulation PSNR "
-                  f"{min(r.psnr_db for r in torch16):.1f} dB, {len(record.fp32_nodes)} nodes kept FP32")
+                  f"{min(r.psnr_db for r in torch16):.1f} dB, {len(record.fp32_nodes)} nodes kept FP32 "
+                  f"({policy['mode']} policy)")
 
 
 def _publish(run: _ExportRun, stage: Staging) -> list[Path]:

@@ -21,9 +21,13 @@ from deploykit.runtime.gpu import (
     ort_providers,
     tensorrt_unavailable_reason,
 )
+from deploykit.runtime.ort import OrtBackend
+from deploykit.runtime.ort_gpu import OrtGpuBackend
 from deploykit.runtime.profiles import Profile
+from deploykit.runtime.tensorrt import TensorRTBackend
 from deploykit.zoo.spec import ModelSpec
 
+# torch_backend and aoti import torch: loaded only when such a runner is opened (the ORT-only tools stay light)
 BACKENDS: dict[str, str] = {
     "torch": "PyTorch eager (FP32: the reference)",
     "torch-compile": "PyTorch torch.compile (compiled on first run per shape)",
@@ -99,13 +103,9 @@ def open_backend(kind: str, spec: ModelSpec, *, precision: str = "fp32", model=N
         return compiled_backend(ImageOutput(model, spec.image_output), [t.name for t in spec.inputs],
                                 [spec.outputs[spec.image_output].name], device=torch_device, precision=precision)
     if kind == "ort":
-        from deploykit.runtime.ort import OrtBackend
-
         return OrtBackend(_need(onnx, kind, "an ONNX file"), device="cpu", precision=precision, threads=threads,
                           session_options=session_options)
     if kind in _EP:
-        from deploykit.runtime.ort_gpu import OrtGpuBackend
-
         provider = kind.split("-", 1)[1]
         if onnx is not None and kind == "ort-cuda":
             return OrtGpuBackend(onnx, provider=provider, precision=precision, threads=threads)
@@ -113,8 +113,6 @@ def open_backend(kind: str, spec: ModelSpec, *, precision: str = "fp32", model=N
                                         manifest if manifest is not None else read_manifest(export_dir),
                                         provider=provider, precision=precision, profile=profile, device_id=device)
     if kind == "trt":
-        from deploykit.runtime.tensorrt import TensorRTBackend
-
         return TensorRTBackend(_need(export_dir, kind, "an export directory with an engine"), engine,
                                precision=None if engine else precision, device=device)
     from deploykit.runtime.aoti import AotiBackend

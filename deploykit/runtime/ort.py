@@ -44,6 +44,14 @@ class OrtBackend(Backend):
                     for i in self.session.get_inputs()}
 
     @property
+    def threads(self) -> int:
+        """The intra-op thread count the session really has (read back from it, not what was asked for)."""
+        return int(self.session.get_session_options().intra_op_num_threads)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "intra_op_threads": self.threads}
+
+    @property
     def input_names(self) -> list[str]:
         return list(self._in)
 

@@ -30,6 +30,9 @@ from deploykit.artifacts.lookup import read_export, require_onnx
 from deploykit.artifacts.manifest import MANIFEST_NAME
 from deploykit.errors import ArtifactError, EngineError, InputError
 from deploykit.serve.triton_config import SUFFIX, RepoOptions, check_options, render_config, validate_config
+from deploykit.util.files import sweep_stale
+from deploykit.util.locks import folder_lock
+from deploykit.util.owners import owner_tag
 from deploykit.zoo.registry import ModelSpec, get_spec
 
 VERSION = "1"
@@ -166,8 +169,15 @@ def _publish(repo: Path, model_name: str, config_text: str, copies: list[tuple[P
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ArtifactError(f"cannot create repository {repo}: {exc.strerror or exc}") from exc
+    with folder_lock(repo, "deploykit triton"):  # one writer per repository
+        return _publish_locked(repo, model_name, config_text, copies)
+
+
+def _publish_locked(repo: Path, model_name: str, config_text: str,
+                    copies: list[tuple[Path, str]]) -> tuple[Path, bool]:
     root, same_fs = _staging_root(repo)
-    stage = Path(tempfile.mkdtemp(prefix=f".{repo.name}.{model_name}.staging-", dir=root))
+    sweep_stale(root)  # staging of killed publishes: the name carries the writer's pid and start time
+    stage = Path(tempfile.mkdtemp(prefix=f".{repo.name}.{model_name}.staging-{owner_tag()}-", dir=root))
     target = repo / model_name
     replaced = target.exists()
     try:

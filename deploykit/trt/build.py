@@ -27,6 +27,7 @@ from deploykit.trt.plan import (
     validate_build_options,
 )
 from deploykit.util.files import write_bytes_atomic
+from deploykit.util.locks import folder_lock
 from deploykit.util.progress import StepCallback
 from deploykit.verify.engine_parity import run_engine_parity
 from deploykit.zoo.registry import get_spec
@@ -209,18 +210,19 @@ def build_engine(export_dir: str | Path, *, precision: str = "fp16", res: str | 
                       gpu=gpu, typing=typing, timing_cache=timing_cache)
     _verify_onnx(plan)
 
-    step("build engine", "start", 0.0, "")
-    start = time.perf_counter()
-    engine_bytes, record = _trt_build(trt, plan, workspace_bytes, level)
-    write_bytes_atomic(plan.engine_path, engine_bytes)
-    io = _engine_io(trt, engine_bytes)
-    step("build engine", "done", time.perf_counter() - start,
-         f"{plan.engine_file} ({len(engine_bytes) / 2**20:.1f} MiB, {plan.path.name}, TensorRT {trt.__version__}, "
-         f"{gpu.name} sm{gpu.compute_capability})")
-    entry = engines.engine_entry(identity=plan.identity, key=plan.key, file=plan.engine_file, engine_path=plan.engine_path,
-                                 profile=prof.to_dict(spec), build=record, io=io,
-                                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    engines.upsert_engine_entry(export_dir, entry)
+    with folder_lock(export_dir, "deploykit build"):  # one writer per export folder; engine and entry together
+        step("build engine", "start", 0.0, "")
+        start = time.perf_counter()
+        engine_bytes, record = _trt_build(trt, plan, workspace_bytes, level)
+        write_bytes_atomic(plan.engine_path, engine_bytes)
+        io = _engine_io(trt, engine_bytes)
+        step("build engine", "done", time.perf_counter() - start,
+             f"{plan.engine_file} ({len(engine_bytes) / 2**20:.1f} MiB, {plan.path.name}, TensorRT "
+             f"{trt.__version__}, {gpu.name} sm{gpu.compute_capability})")
+        entry = engines.engine_entry(identity=plan.identity, key=plan.key, file=plan.engine_file,
+                                     engine_path=plan.engine_path, profile=prof.to_dict(spec), build=record, io=io,
+                                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        engines.upsert_engine_entry(export_dir, entry)
     if parity:
         step("engine parity", "start", 0.0, "")
         start = time.perf_counter()

@@ -44,7 +44,7 @@ def write_export_manifest(out_dir: Path, name: str, weights: Path | None = None,
                       "outputs": [{"name": spec.outputs[spec.image_output].name, "dtype": "float32",
                                    "dims": ["batch", spec.out_channels, "out_height", "out_width"]}]}
     manifest["artifacts"], manifest["parity"] = [], []
-    manifest["engines"] = [{"kind": "tensorrt-engine", "key": "keep-me"}]  # another writer's key: must survive
+    manifest["engines"] = [{"kind": "tensorrt-engine", "key": "keep-me", "file": "keep-me.engine"}]  # another writer's key: must survive
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return out_dir
 
@@ -76,7 +76,7 @@ def test_package_entry_and_parity(compiled):
     records = [r for r in manifest["parity"] if r["backend"] == "aoti-cpu"]
     assert len(records) == 2 and all(r["passed"] and r["max_abs"] <= 1e-4 for r in records)
     assert len({tuple(r["shape"]) for r in records}) == 2
-    assert manifest["engines"] == [{"kind": "tensorrt-engine", "key": "keep-me"}]  # other keys preserved
+    assert manifest["engines"] == [{"kind": "tensorrt-engine", "key": "keep-me", "file": "keep-me.engine"}]  # other keys preserved
     assert [s[0] for s in steps if s[1] == "done"] == ["aoti export", "aoti compile", "aoti parity"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 

@@ -260,3 +260,32 @@ def test_mprnet_unpatched_legacy_onnx_is_wrong_at_other_sizes(mprnet, tmp_path):
     diffs = _mpr_export_and_compare(forms.ImageOutput(reference, spec.image_output).eval(), reference, spec,
                                     tmp_path / "mprnet_reference.onnx")
     assert min(diffs) > 1e-2, diffs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MPRNet form in PyTorch: same numbers as the reference, non-square, batch 2 (fast; no export)
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_mprnet_form_split_and_pooling_equal_the_reference_in_torch(mprnet):
+    reference, spec = mprnet
+    model = __import__("copy").deepcopy(reference)
+    detail = forms._apply_mprnet(model, "on")
+    from models_src.mprnet import DownSample
+
+    downs = [m for m in model.modules() if isinstance(m, DownSample)]
+    assert downs and all(isinstance(m.down[0], nn.AvgPool2d) for m in downs)
+    assert detail == f"split at H//2, W//2 from the shape; {len(downs)} bilinear x0.5 -> AvgPool2d(2)"
+    x = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(4))
+    assert model.split_points(x) == reference.split_points(x) == (12, 20)
+    with torch.no_grad():
+        ref, got = reference(x), model(x)
+        assert len(got) == len(ref) == 3
+        for a, b in zip(ref, got):
+            assert a.shape == b.shape == (2, 3, 24, 40)
+            assert (a - b).abs().max().item() <= 1e-5
+        # the pooling swap on its own equals bilinear x0.5 on even sizes
+        feature = torch.randn(2, 5, 6, 10, generator=torch.Generator().manual_seed(5))
+        bilinear = nn.Upsample(scale_factor=0.5, mode="bilinear", align_corners=False)
+        assert torch.allclose(nn.AvgPool2d(2)(feature), bilinear(feature), atol=1e-6)
+    assert reference.split_points.__func__ is type(reference).split_points  # the reference is untouched
+    assert not any(isinstance(m.down[0], nn.AvgPool2d) for m in reference.modules() if isinstance(m, DownSample))

@@ -10,11 +10,12 @@ from PIL import Image
 import deploykit
 from deploykit.zoo.degradation import (PCA_SEED, blur_code, degradation_maps, gaussian_kernel, kernel_code, parse_blur,
                                    pca_basis)
-from deploykit.errors import ArtifactError, BackendUnavailableError, InputError
+from deploykit.errors import ArtifactError, BackendUnavailableError, EngineError, InputError
 from deploykit.imaging.images import read_image
 from deploykit.infer.files import expand_inputs
 from deploykit.infer.run import infer
 from deploykit.infer.runner import open_runner
+from deploykit.runtime.open import unavailable_reason
 from deploykit.zoo.sample_inputs import random_inputs
 from deploykit.imaging.tiling import run_tiled
 from deploykit.zoo.registry import get_spec
@@ -155,12 +156,36 @@ def test_backend_errors_are_clear(tmp_path):
     with pytest.raises(ArtifactError, match=r"run 'deploykit export vapsr:s_x4'.*--onnx"):
         open_runner(spec, "ort", exports=tmp_path)
     for backend in ("ort-cuda", "trt"):
-        try:
-            open_runner(spec, backend, exports=tmp_path)
-        except BackendUnavailableError as exc:
-            assert "not available here" in str(exc) and "deploykit[gpu]" in str(exc)
-        except ArtifactError:  # a GPU machine with the runtime installed gets as far as the missing artifact
-            pass
+        reason = unavailable_reason(backend)
+        if reason is not None:  # the runtime is absent: refused, naming the backend, why, and what to install
+            with pytest.raises(BackendUnavailableError) as info:
+                open_runner(spec, backend, exports=tmp_path)
+            assert str(info.value) == f"backend {backend} is not available here: {reason}"
+            assert "deploykit[gpu]" in str(info.value)
+        else:  # a GPU machine with the runtime installed gets as far as the missing export
+            with pytest.raises((ArtifactError, EngineError)) as info:
+                open_runner(spec, backend, exports=tmp_path)
+            assert str(tmp_path) in str(info.value) and "deploykit export vapsr:s_x4" in str(info.value) \
+                or "deploykit build" in str(info.value)
+
+
+def test_trt_backend_is_tensorrt_or_refused(tmp_path):
+    """--backend trt is TensorRT or nothing: never another runner answering in its place."""
+    spec = get_spec("vapsr:s_x4")
+    reason = unavailable_reason("trt")
+    try:
+        runner, _, _ = open_runner(spec, "trt", exports=tmp_path)
+    except BackendUnavailableError as exc:
+        assert reason is not None, f"TensorRT is here, yet trt was refused: {exc}"
+        assert str(exc) == f"backend trt is not available here: {reason}"
+        return
+    except (ArtifactError, EngineError) as exc:  # TensorRT is here; this folder has no engine
+        assert reason is None and ("deploykit build" in str(exc) or "deploykit export" in str(exc)), str(exc)
+        return
+    from deploykit.runtime.tensorrt import TensorRTBackend
+
+    assert type(runner) is TensorRTBackend, f"--backend trt ran {type(runner).__name__} ({runner.name})"
+    assert runner.name == "tensorrt" and runner.device.startswith("cuda:")
 
 
 def test_ort_on_exported_artifact_matches_torch(tmp_path):
@@ -209,8 +234,11 @@ def test_cli_fatal_errors(cli_run, monkeypatch, tmp_path, args, message):
     monkeypatch.chdir(tmp_path)
     _photo(tmp_path / "x.png")
     code, out, err = cli_run(*args)
-    if "not available" in message and code == 0:
-        pytest.skip("this machine has the GPU runtime")
+    kind = args[args.index("--backend") + 1] if "--backend" in args else None
+    if "not available" in message and unavailable_reason(kind) is None:
+        # the GPU runtime is here: x.png must still fail (no export under tmp_path), never run another backend
+        assert code == 2 and "not available" not in err and ("deploykit export" in err or "deploykit build" in err)
+        return
     assert code == 2 and message in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1 and "Traceback" not in out + err
 

@@ -113,9 +113,18 @@ def _export_dir(root: Path) -> Path:
     return out
 
 
+_RESULTS: dict[str, dict] = {}  # version -> dry-run result, shared with test_trt_semantics.py (one run each)
+
+
 @pytest.fixture(scope="module", params=VERSIONS)
 def dry_run(request, tmp_path_factory) -> dict:
-    version = request.param
+    return run_dry_run(request.param, tmp_path_factory)
+
+
+def run_dry_run(version: str, tmp_path_factory) -> dict:
+    """The dry run's JSON result for one TensorRT version (run once per session)."""
+    if version in _RESULTS:
+        return _RESULTS[version]
     bindings = _bindings(version)
     work = tmp_path_factory.mktemp(f"trt-{version}")
     libs = _stand_ins(bindings / "tensorrt_bindings" / "tensorrt.so", work)
@@ -127,6 +136,7 @@ def dry_run(request, tmp_path_factory) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["version"] == version
+    _RESULTS[version] = result
     return result
 
 

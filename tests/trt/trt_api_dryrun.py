@@ -121,12 +121,36 @@ def _modeled(type_text: str) -> bool:
     return t in _PRIMITIVES or _real_class(t) is not None
 
 
+def _plain(value):
+    """A JSON-able record of an argument: enum members by name, Dims as lists, TensorRT objects by class."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return value
+    if hasattr(type(value), "__members__"):  # a pybind11 enum member
+        return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, Typed):
+        return f"<{value._cls.__name__} {value._values.get('name', '')}>".replace(" >", ">")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(bytes(value))} bytes>"
+    if isinstance(value, (tuple, list, trt.Dims)):
+        return [_plain(v) for v in value]
+    return repr(value)
+
+
 class Recorder:
     def __init__(self, version: str):
         self.version = version
         self.touched: set[str] = set()
         self.calls = 0
         self.unchecked: set[str] = set()
+        self.log: list[dict] = []  # every call and property assignment, in order, with its arguments
+
+    def record(self, where: str, on, args: tuple, kwargs: dict | None = None) -> None:
+        entry = {"call": where, "on": on, "args": [_plain(a) for a in args]}
+        if kwargs:
+            entry["kwargs"] = {k: _plain(v) for k, v in kwargs.items()}
+        self.log.append(entry)
 
     def fail(self, message: str):
         raise ApiMismatch(f"TensorRT {self.version}: {message}")
@@ -227,6 +251,7 @@ class Typed:
             doc = getattr(static, "__doc__", None)
 
             def call(*args, **kwargs):
+                self._rec.record(key, self._values.get("name"), args, kwargs)
                 ret = self._rec.check_call(key, doc, args, kwargs)
                 if name in self._values:  # this object's own answer (checked against the signature first)
                     return self._values[name](*args)
@@ -241,6 +266,7 @@ class Typed:
         self._rec.touched.add(key + "=")
         if not isinstance(static, property) or static.fset is None:
             self._rec.fail(f"{key} is not a writable property")
+        self._rec.record(key + "=", self._values.get("name"), (value,))
         self._rec.check_call(key + " (set)", "set" + (static.fset.__doc__ or "").strip(), (value,), {})
         self._values[name] = value
 
@@ -253,6 +279,7 @@ class ClassProxy:
 
     def __call__(self, *args, **kwargs):
         self._rec.touched.add(f"{self._cls.__name__}()")
+        self._rec.record(f"{self._cls.__name__}()", None, args, kwargs)
         self._rec.check_call(f"{self._cls.__name__}()", self._cls.__init__.__doc__, args, kwargs)
         return Typed(self._cls, self._rec, self._scenario)
 
@@ -322,6 +349,9 @@ def engine_scenario(rec: Recorder, s: Scenario, input_shape: tuple, output_shape
 
 # --- the walks --------------------------------------------------------------------------------------------------------
 
+PROFILE_RES = "64x48,96x80,128x112"  # min, opt and max differ on every axis (W x H)
+
+
 def _plan(work: Path, typing: str, precision: str):
     from deploykit.artifacts.manifest import read_manifest
     from deploykit.runtime.gpu import GpuInfo
@@ -331,7 +361,7 @@ def _plan(work: Path, typing: str, precision: str):
     manifest = read_manifest(work)
     spec = get_spec(manifest["model"]["name"])
     return trt_plan.plan_build(work, manifest, spec, precision=precision,
-                               profile=trt_plan.profile_from_res(spec, "64,128"), tensorrt_version=trt.__version__,
+                               profile=trt_plan.profile_from_res(spec, PROFILE_RES, max_batch=2), tensorrt_version=trt.__version__,
                                gpu=GpuInfo("dry-run GPU", "8.9"), typing=typing)
 
 
@@ -344,15 +374,44 @@ def walk_build(work: Path, rec: Recorder, typing: str, precision: str, parse_ok:
     plan = _plan(work, typing, precision)
     nodes = [n.name for n in onnx.load(str(plan.onnx_path), load_external_data=False).graph.node]
     proxy = ModuleProxy(rec, build_scenario(rec, plan.spec, nodes, parse_ok))
+    first = len(rec.log)
     try:
         _, record = trt_build._trt_build(proxy, plan, 1 << 30, 3)
     except EngineError as exc:
-        return {"path": plan.path.name, "engine_error": str(exc)}
+        return {"path": plan.path.name, "engine_error": str(exc), "calls": rec.log[first:]}
     finally:
         plan.timing_cache.unlink(missing_ok=True)  # the placeholder cache bytes are not a timing cache
+    calls = rec.log[first:]
     io = trt_build._engine_io(ModuleProxy(rec, engine_scenario(rec, Scenario(), (1, 3, 64, 64), (1, 3, 256, 256))),
                               b"\0" * 16)
-    return {"path": plan.path.name, "record": record, "io": io}
+    return {"path": plan.path.name, "record": record, "io": io, "calls": calls, "onnx_file": plan.onnx["file"],
+            "profile": plan.profile.to_dict(plan.spec)}
+
+
+def walk_build_engine(work: Path, rec: Recorder, typing: str, precision: str) -> dict:
+    """``build_engine`` end to end (parity off): the engine entry it writes into the manifest."""
+    import onnx
+
+    from deploykit.artifacts import engines
+    from deploykit.artifacts.manifest import read_manifest
+    from deploykit.runtime.gpu import GpuInfo
+    from deploykit.trt import build as trt_build
+
+    plan = _plan(work, typing, precision)
+    nodes = [n.name for n in onnx.load(str(plan.onnx_path), load_external_data=False).graph.node]
+    scenario = engine_scenario(rec, build_scenario(rec, plan.spec, nodes), (1, 3, 48, 64), (1, 3, 192, 256))
+    saved = trt_build.import_tensorrt, trt_build.gpu_info
+    trt_build.import_tensorrt = lambda: ModuleProxy(rec, scenario)
+    trt_build.gpu_info = lambda index=0: GpuInfo("dry-run GPU", "8.9", index)
+    try:
+        entry = trt_build.build_engine(work, precision=precision, res=PROFILE_RES, max_batch=2, typing=typing,
+                                       parity=False)
+        stored = engines.find_engine(read_manifest(work), key=entry["key"])
+    finally:
+        trt_build.import_tensorrt, trt_build.gpu_info = saved
+        plan.timing_cache.unlink(missing_ok=True)
+        plan.engine_path.unlink(missing_ok=True)
+    return {"entry": entry, "stored": stored, "onnx_file": plan.onnx["file"]}
 
 
 def walk_backend(work: Path, rec: Recorder) -> dict:
@@ -434,13 +493,16 @@ def main(work: Path) -> dict:
     from deploykit.errors import EngineError
 
     rec = Recorder(trt.__version__)
-    result: dict = {"version": trt.__version__, "walks": {}, "problems": []}
+    result: dict = {"version": trt.__version__, "walks": {}, "problems": [],
+                    "network_flag_bits": {n: int(m) for n, m in trt.NetworkDefinitionCreationFlag.__members__.items()}}
     walks = [("fp16-auto", lambda: walk_build(work, rec, "auto", "fp16")),
              ("fp16-strong", lambda: walk_build(work, rec, "strong", "fp16")),
              ("fp32", lambda: walk_build(work, rec, "auto", "fp32")),
              ("parse-failure", lambda: walk_build(work, rec, "auto", "fp32", parse_ok=False)),
              ("fp16-weak", lambda: walk_build(work, rec, "weak", "fp16")),
              ("backend", lambda: walk_backend(work, rec)),
+             ("entry-fp16-auto", lambda: walk_build_engine(work, rec, "auto", "fp16")),
+             ("entry-fp32", lambda: walk_build_engine(work, rec, "auto", "fp32")),
              ("self-check", lambda: walk_self_check(Recorder(trt.__version__)))]
     for name, walk in walks:
         try:

@@ -164,6 +164,24 @@ def test_no_variant_fits_gives_counts_only(tmp_path):
         deploykit.create_model("vapsr:s_x4", weights=tmp_path / "broken.pth")
 
 
+@pytest.mark.parametrize("break_it,message", [
+    (lambda s: s.pop("upsampler.3.bias"), r"1 missing \(upsampler\.3\.bias\)\.$"),
+    (lambda s: s.update({"upsampler.3.scale": torch.ones(3), "stray": torch.ones(1)}),
+     r"2 unexpected \(upsampler\.3\.scale, stray\)\.$"),
+    (lambda s: s.update({"upsampler.3.bias": torch.zeros(4)}),
+     r"1 shape-mismatched \(upsampler\.3\.bias: file \[4\] vs model \[12\]\)\.$"),
+], ids=["missing", "unexpected", "shape"])
+def test_strict_loading_refuses_each_kind_of_mismatch_with_its_count(tmp_path, break_it, message):
+    _, state = _source("vapsr:s_x4")
+    break_it(state)
+    torch.save({"params_ema": state}, tmp_path / "w.pth")
+    model = deploykit.create_model("vapsr:s_x4", seed=9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"w\.pth does not fit vapsr:s_x4: " + message):
+        load_weights(model, get_spec("vapsr:s_x4"), tmp_path / "w.pth")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing half-loaded
+
+
 def test_non_dict_checkpoint(tmp_path):
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(CheckpointError, match="holds a Tensor"):
