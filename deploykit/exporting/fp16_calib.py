@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import InputError
-from deploykit.imaging.images import read_image
+from deploykit.imaging.images import image_files, read_image
 from deploykit.zoo.degradation import degradation_maps
 from deploykit.zoo.spec import ModelSpec
 
 CALIB_SIDE = 96  # the calibration crop side (input pixels)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 UDVD_BLUR, UDVD_NOISE = "1.6", 15.0
 
 Box = tuple[int, int, int, int]  # (top, left, height, width)
@@ -37,22 +36,6 @@ class Feed:
     def hw(self) -> tuple[int, int]:
         first = next(iter(self.inputs.values()))
         return int(first.shape[2]), int(first.shape[3])
-
-
-def image_files(paths: list[str | Path]) -> list[Path]:
-    """``--calib DIR|FILE ...`` -> image files (a folder gives its images, sorted by name)."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise InputError(f"--calib {p}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InputError(f"--calib {p}: no such file or folder")
-    return files
 
 
 def photo(path: str | Path, spec: ModelSpec) -> np.ndarray:
@@ -121,7 +104,7 @@ def calibration_set(spec: ModelSpec, calib: list[str | Path] | None, side: int =
     """(calibration feeds, growth feeds at three nested sizes, a description of the source)."""
     side = _fit(side, spec)
     if calib:
-        sources = [(f.name, photo(f, spec)) for f in image_files(list(calib))]
+        sources = [(f.name, photo(f, spec)) for f in image_files(list(calib), "--calib")]
         what = "crops of " + ", ".join(n for n, _ in sources)
     else:
         sources = [("synthetic", synthetic_photo(spec))]

@@ -45,6 +45,8 @@ from deploykit.util.text import one_line
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
            ".webp": "WEBP"}
+# what a folder given as input yields (Pillow reads BMP too; deploykit writes only FORMATS)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp"}
 EIGHT_BIT_ONLY = ("JPEG", "WEBP")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, as Pillow's RGB -> L
@@ -572,3 +574,21 @@ def _atomic_write(path: Path, write) -> Path:
             raise InputError(f"{path}: cannot write image ({one_line(exc, 200)})") from exc
         raise
     return path
+
+
+def image_files(items, option: str) -> list[Path]:
+    """Files and folders (a folder gives its images, sorted by name) -> image files; InputError naming the
+    ``option`` (``--images``, ``--calib``) and what is missing."""
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"{option} {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in that folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{option} {path}: no such file or folder")
+    return files

@@ -24,14 +24,20 @@ import numpy as np
 from deploykit.artifacts.lookup import locate, onnx_artifacts
 from deploykit.artifacts.manifest import read_manifest
 from deploykit.errors import InputError
+from deploykit.imaging.images import image_files
 from deploykit.imaging.tiling import Contract
 from deploykit.runtime.open import PRECISIONS
 from deploykit.util.sizes import Size, fmt_wxh, parse_sizes
 from deploykit.verify.candidates import Candidate, open_candidates
 from deploykit.verify.figures import Figures, Sampler, Tolerance, default_tolerances
-from deploykit.verify.goldens import GoldenWriter, check_identity, export_identity, read_golden
+from deploykit.verify.goldens import (
+    GoldenWriter,
+    check_identity,
+    export_identity,
+    read_golden,
+)
 from deploykit.verify.plan import Run, case_runs, choose_tile, preview_step
-from deploykit.verify.sources import CaseInput, image_cases, image_paths, random_cases
+from deploykit.verify.sources import CaseInput, image_cases, random_cases
 from deploykit.zoo.registry import get_spec
 from deploykit.zoo.sample_inputs import parity_shapes
 
@@ -258,7 +264,7 @@ class _Reference:
             raise InputError(f"this export takes exactly {fmt_wxh(self.static)} (--static); give --res "
                              f"{fmt_wxh(self.static)} or re-export without --static")
         if images:
-            return image_cases(spec, image_paths(images), sizes or ([tuple(self.static)] if self.static else None),
+            return image_cases(spec, image_files(images, "--images"), sizes or ([tuple(self.static)] if self.static else None),
                                batch)
         if sizes is None:
             _, shapes = parity_shapes(spec, static_hw=self.static)

@@ -21,8 +21,6 @@ from deploykit.zoo.degradation import extra_inputs
 from deploykit.zoo.sample_inputs import random_inputs
 from deploykit.zoo.spec import ModelSpec
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
-
 
 @dataclass
 class CaseInput:
@@ -38,23 +36,6 @@ class CaseInput:
     @property
     def key(self) -> str:
         return f"{self.source}@{fmt_wxh(self.res)}"
-
-
-def image_paths(items) -> list[Path]:
-    """Files and folders (their images, sorted) -> image files; InputError naming what is missing."""
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise InputError(f"--images {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in that folder")
-            paths += found
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise InputError(f"--images {path}: no such file or folder")
-    return paths
 
 
 def fit(rgb: np.ndarray, res: Size) -> tuple[np.ndarray, str]:
