@@ -2,12 +2,16 @@
 process, at several sizes, for PyTorch eager and ORT session settings (CPU arena, memory pattern), next to the
 graph's theoretical minimum live memory (``deploykit.bench.onnx_memory``) and the eager meta-device trace.
 
-    python3 benchmarks/ort_memory.py mirnetv2 --sizes 128,256,512     # -> results/<cpu-slug>/ort_memory_<model>.json
+    python3 benchmarks/ort_memory.py mirnetv2 --sizes 256,512     # -> results/<cpu-slug>/ort_memory_<model>.json
+    python3 benchmarks/ort_memory.py mirnetv2 --sizes 256 --onnx OLD.onnx --label skff-stack   # another graph
 
-Each configuration runs in a fresh process (``--one CONFIG``): one warm run at 16x16, then per size the peak RSS
-growth (VmHWM reset through /proc/self/clear_refs) over 2 runs (1 for PyTorch) above the RSS after the warm run
-(``util.system.probe_peak_rss``, the probe the bench guard uses). One intra-op and inter-op thread. The ONNX file
-is the bench cache's random-init export (``deploykit bench`` / ``deploykit export`` writes it).
+Each (configuration, size) runs in a fresh process (``--one CONFIG``): the runner is loaded, then the peak RSS
+growth (VmHWM reset through /proc/self/clear_refs) over 2 runs at that size (1 for PyTorch) above the RSS of the
+loaded runner -- the first run is at the size itself, as in an app on fixed-size frames or a bench case (a warm
+run at another size first hides the memory pattern's second block). One intra-op and inter-op thread.
+Configurations: ``ort-pattern`` = ONNX Runtime's defaults (memory pattern on), ``ort`` = deploykit's session
+(``runtime.ort.cpu_session_options``: memory pattern off), ``ort-extended`` = the same with
+ORT_ENABLE_EXTENDED (no NCHWc layout). The ONNX file is the bench cache's random-init export unless ``--onnx``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploykit.util.system import cpu_identity, cpu_slug, loadavg  # noqa: E402
 
-CONFIGS = ("torch", "ort", "ort-noarena", "ort-nopattern", "ort-noarena-nopattern")
+CONFIGS = ("torch", "ort-pattern", "ort", "ort-extended")
 
 
-def one(cfg: str, model: str, sizes: list[int]) -> dict:
-    from deploykit.util.system import probe_peak_rss
+def one(cfg: str, model: str, size: int, onnx: str | None) -> dict:
+    from deploykit.util.system import release_memory, reset_peak_rss, status_bytes
     from deploykit.zoo.registry import get_spec
     from deploykit.zoo.sample_inputs import random_inputs
 
@@ -41,18 +45,21 @@ def one(cfg: str, model: str, sizes: list[int]) -> dict:
         torch.set_num_threads(1)
         backend = TorchBackend.for_image(build_model(spec)[0], spec, device="cpu")
     else:
-        from deploykit.bench.backends import ort_session_options
-        from deploykit.runtime.ort import OrtBackend
+        from deploykit.runtime.ort import OrtBackend, cpu_session_options
 
-        opts = ort_session_options(1, "default")
-        opts.enable_cpu_mem_arena = "noarena" not in cfg
-        opts.enable_mem_pattern = "nopattern" not in cfg
-        backend = OrtBackend(onnx_path(model), session_options=opts)
-    start = time.perf_counter()
-    peaks = probe_peak_rss(lambda s: backend.run(random_inputs(spec, (1, s, s), seed=1)), sizes, 16,
-                           repeats=1 if cfg == "torch" else 2)
-    return {"config": cfg, "sizes": sizes, "peak_rss_growth_bytes": peaks,
-            "seconds": round(time.perf_counter() - start, 1), "loadavg_after": loadavg()}
+        opts = cpu_session_options(1, "extended" if cfg == "ort-extended" else "all")
+        opts.enable_mem_pattern = cfg == "ort-pattern"
+        backend = OrtBackend(onnx or onnx_path(model), session_options=opts)
+    feed = random_inputs(spec, (1, size, size), seed=1)
+    release_memory()
+    base = status_bytes("VmRSS") or 0
+    reset_peak_rss()
+    start, runs = time.perf_counter(), []
+    for _ in range(1 if cfg == "torch" else 2):
+        backend.run(feed)
+        runs.append(time.perf_counter() - start - sum(runs))
+    return {"config": cfg, "size": size, "peak_rss_growth_bytes": max(0, (status_bytes("VmHWM") or base) - base),
+            "run_seconds": [round(r, 2) for r in runs], "loadavg_after": loadavg()}
 
 
 def onnx_path(model: str) -> Path:
@@ -68,13 +75,16 @@ def onnx_path(model: str) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")
-    parser.add_argument("--sizes", default="128,256,512")
+    parser.add_argument("--sizes", default="256,512")
+    parser.add_argument("--onnx", help="measure this ONNX file instead of the bench cache's export")
+    parser.add_argument("--label", default="", help="suffix of the result file (with --onnx)")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.one:
-        print(json.dumps(one(args.one, args.model, sizes)))
+        print(json.dumps(one(args.one, args.model, sizes[0], args.onnx)))
         return 0
     from deploykit.bench.onnx_memory import min_live_bytes
     from deploykit.bench.sources import Target
@@ -82,15 +92,18 @@ def main() -> int:
     from deploykit.zoo.registry import get_spec
 
     state = ModelState(Target(get_spec(args.model)), "cpu")
-    rows = [json.loads(subprocess.run([sys.executable, __file__, args.model, "--sizes", args.sizes, "--one", c],
+    extra = ["--onnx", args.onnx] if args.onnx else []
+    rows = [json.loads(subprocess.run([sys.executable, __file__, args.model, "--sizes", str(s), "--one", c, *extra],
                                       check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            for c in CONFIGS]
+            for c in args.configs.split(",") for s in sizes]
+    onnx = args.onnx or onnx_path(args.model)
     result = {"study": "ort_memory", "model": args.model, "sizes": sizes, "cpu_identity": cpu_identity(),
               "threads": 1, "command": " ".join(["python3", "benchmarks/ort_memory.py", *sys.argv[1:]]),
               "loadavg_before": loadavg(), "configs": rows,
               "eager_trace_bytes": [state.trace((s, s), 1).peak_bytes for s in sizes],
-              "onnx_min_live": [min_live_bytes(onnx_path(args.model), s, s) for s in sizes]}
-    out = args.out / cpu_slug() / f"ort_memory_{args.model.split(':')[0]}.json"
+              "onnx": str(onnx), "onnx_min_live": [min_live_bytes(onnx, s, s) for s in sizes]}
+    label = f"_{args.label}" if args.label else ""
+    out = args.out / cpu_slug() / f"ort_memory_{args.model.split(':')[0]}{label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(out)

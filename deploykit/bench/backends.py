@@ -20,7 +20,7 @@ from deploykit.imaging.tiling import run_tiled
 from deploykit.runtime.base import Backend
 from deploykit.runtime.gpu import gpu_info, import_tensorrt
 from deploykit.runtime.open import open_backend
-from deploykit.runtime.ort import default_threads
+from deploykit.runtime.ort import cpu_session_options
 from deploykit.runtime.profiles import Profile
 from deploykit.trt.build import build_engine
 from deploykit.util.sizes import Size, fmt_wxh
@@ -44,7 +44,7 @@ def make_backend(case: Case, state: ModelState, settings: BenchSettings, device:
     path, export_dir, manifest, artifact = _onnx_source(case, state, settings, notify)
     if case.backend == "ort":
         return open_backend("ort", spec, onnx=path, precision=case.precision, threads=settings.threads,
-                            session_options=ort_session_options(settings.threads, ORT_MEMORY)), artifact
+                            session_options=cpu_session_options(settings.threads, settings.ort_graph)), artifact
     hw = work_hw(case.hw, settings, spec)
     if case.backend == "ort-cuda":
         return open_backend("ort-cuda", spec, export_dir=export_dir, manifest=manifest, precision=case.precision,
@@ -55,32 +55,6 @@ def make_backend(case: Case, state: ModelState, settings: BenchSettings, device:
                     "tensorrt": entry.get("tensorrt"), "onnx": str(path)}
         return open_backend("trt", spec, export_dir=export_dir, engine=entry), artifact
     raise BenchError(f"unknown backend '{case.backend}'")
-
-
-# Measured (MIRNet-v2, one thread, peak RSS growth at 512^2 over a loaded session, 2 runs): eager 1329 MB; ORT
-# default 1734, arena off 1723, memory pattern off 1722 MB: neither switch lowers the peak, and "lean" allocates
-# every intermediate afresh, so the bench keeps ORT's defaults (benchmarks/README.md, "ONNX Runtime memory").
-ORT_MEMORY = "default"
-
-
-def ort_session_options(threads: int | None, memory: str = ORT_MEMORY):
-    """The bench's ONNX Runtime session: ``threads`` (default one per visible CPU) for intra-op AND inter-op,
-    sequential execution; ``memory="lean"`` turns the CPU arena and the memory pattern off (each intermediate is
-    allocated when produced and freed after its last use), ``"default"`` keeps ONNX Runtime's defaults."""
-    import onnxruntime as ort
-
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads or default_threads()
-    opts.inter_op_num_threads = threads or default_threads()
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if memory == "lean":
-        opts.enable_cpu_mem_arena = False
-        opts.enable_mem_pattern = False
-    elif memory != "default":
-        raise BenchError(f"unknown ONNX Runtime memory setting {memory!r} (use lean or default)")
-    return opts
 
 
 def _onnx_source(case: Case, state: ModelState, settings: BenchSettings, notify: Notify) -> OnnxSource:

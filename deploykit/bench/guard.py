@@ -11,6 +11,7 @@ from deploykit.bench.flops import MemoryTrace
 from deploykit.bench.memory import (
     CAL_FLOOR,
     CALIBRATE_ABOVE,
+    CALIBRATE_FROM_PIXELS,
     HOST_FACTORS,
     PROBED_BACKENDS,
     MemoryGuard,
@@ -43,7 +44,8 @@ def memory_guard(case: Case, state: ModelState, settings: BenchSettings, device:
     if case.backend in ("ort-cuda", "trt") or (device == "cuda" and case.backend.startswith("torch")):
         return _device_guard(case, state, work, record)
     usable = guard.available_bytes - guard.reserve_bytes
-    if case.backend in PROBED_BACKENDS and guard.estimate_bytes > CALIBRATE_ABOVE * usable:
+    big = work.hw[0] * work.hw[1] * work.run_batch >= CALIBRATE_FROM_PIXELS
+    if case.backend in PROBED_BACKENDS and (big or guard.estimate_bytes > CALIBRATE_ABOVE * usable):
         return _probed_guard(case, state, settings, device, work, record, event, trace)
     return guard
 
@@ -88,7 +90,7 @@ def calibration(case: Case, state: ModelState, settings: BenchSettings, device: 
     """Per (backend, precision, batch), once per model: run a fresh backend at the probe sizes and fit the guard's
     factor (``memory.probe_calibration``)."""
     kind = "torch" if case.backend.startswith("torch") else case.backend  # torch-compile: eager's memory, no compiles
-    key = (kind, case.precision, case.batch)
+    key = (kind, case.precision, case.batch, settings.ort_graph if kind == "ort" else None)
     if key in state.calibrations:
         return state.calibrations[key]
     spec = state.spec

@@ -120,6 +120,7 @@ class BenchSettings:
     exports_root: str = "exports"
     cache_dir: str | None = None
     plan_only: bool = False  # guard, calibrate and tile every case, time none (status "planned")
+    ort_graph: str = "all"  # ONNX Runtime CPU graph level of this case: "extended" when only that fits whole
 
     def to_dict(self) -> dict:
         data = asdict(self)

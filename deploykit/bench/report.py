@@ -24,6 +24,7 @@ from deploykit.util.files import (
     write_json_atomic,
 )
 from deploykit.util.locks import folder_lock
+from deploykit.util.sizes import fmt_wxh
 
 CSV_COLUMNS = (
     "model", "backend", "runtime", "precision", "device", "batch", "input_wxh", "output_wxh", "status", "reason",
@@ -398,9 +399,52 @@ TABLE_MARK = re.compile(r"<!-- bench-table: (?P<json>[^ ]+?)(?P<opts>(?: [a-z-]+
 
 
 def table_block(data: dict, opts: str = "") -> str:
-    """What a ``<!-- bench-table: FILE.json [no-header] -->`` block holds: the header line and the table."""
+    """What a ``<!-- bench-table: FILE.json [no-header] [summary] -->`` block holds: the header line and the
+    table, or (``summary``) the figures prose may quote, computed from the records."""
+    if "summary" in opts:
+        return summary_text(data) + "\n"
     head = "" if "no-header" in opts else markdown_header(data) + "\n\n"
     return head + markdown_table(data) + "\n"
+
+
+def _span(values: list[float], digits: int = 2) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}" if round(lo, digits) == round(hi, digits) else f"{lo:.{digits}f}–{hi:.{digits}f}"
+
+
+def summary_text(data: dict) -> str:
+    """Bullet figures over the ok records: peak fraction and CPU/wall per backend, ORT / eager speed and memory
+    per model and size, the worst FP32 parity, and estimate / measured peak for whole frames >= 512^2."""
+    ok = [r for r in data["records"] if r.get("status") == "ok"]
+    lines = []
+    for backend in sorted({r["runtime"] for r in ok}):
+        rows = [r for r in ok if r["runtime"] == backend]
+        fr = [r["peak_fraction"] for r in rows if r.get("peak_fraction") is not None]
+        cw = [r["cpu_per_wall"] for r in rows if r.get("cpu_per_wall") is not None]
+        lines.append(f"* {backend}: {len(rows)} records, of the same-run peak {_span(fr)}, CPU/wall {_span(cw)}, "
+                     f"{sum(bool(r.get('suspect')) for r in rows)} suspect")
+    by_case = {}
+    for r in ok:
+        by_case.setdefault((r["model"], tuple(r["input_hw"]), r["batch"]), {})[r["runtime"].split("-")[0]] = r
+    for (model, hw, _), pair in sorted(by_case.items()):
+        if {"torch", "ort"} <= set(pair):
+            t, o = pair["torch"], pair["ort"]
+            mem = [x["memory"].get("rss_peak_delta_bytes") for x in (o, t)]
+            ratio = f", peak RSS Δ ORT/eager {mem[0] / mem[1]:.2f}" if all(mem) else ""
+            lines.append(f"* {model} {fmt_wxh(hw)}: ORT {t['latency_ms']['median'] / o['latency_ms']['median']:.2f}x "
+                         f"eager's speed{ratio}")
+    worst = [r["parity"] for r in ok if (r.get("parity") or {}).get("checked")]
+    if worst:
+        lines.append(f"* FP32 parity: max abs <= {max(p['max_abs'] for p in worst):.1e}, PSNR >= "
+                     f"{min(p['psnr_db'] for p in worst):.1f} dB, NaN/Inf {sum(p['nonfinite'] for p in worst)}")
+    est = [(r["memory"]["estimate_bytes"] / r["memory"]["rss_peak_delta_bytes"], r) for r in ok
+           if not r.get("tile") and r["input_hw"][0] * r["input_hw"][1] >= 512 * 512
+           and (r.get("memory") or {}).get("rss_peak_delta_bytes")]
+    if est:
+        off = [e for e, _ in est if not 0.75 <= e <= 1.25]
+        lines.append(f"* memory estimate / measured peak RSS Δ, whole frames >= 512²: {_span([e for e, _ in est])} "
+                     f"over {len(est)} records, {len(off)} outside ±25 %")
+    return "\n".join(lines)
 
 
 def render_tables(text: str, root: str | Path) -> str:

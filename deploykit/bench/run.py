@@ -38,6 +38,7 @@ What each figure means (also written into every JSON file, ``methods``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import math
 import sys
@@ -239,6 +240,8 @@ def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str
     start = time.perf_counter()
     work = plan_work(case, state, settings, record)
     guard = memory_guard(case, state, settings, device, work, record, event)
+    if guard is not None and not guard.fits and settings.tile is None and case.backend == "ort":
+        settings, guard = _lean_ort_graph(case, state, settings, device, work, guard, record, event)
     if guard is not None and not guard.fits and settings.tile is None and guard.tile_hint:
         settings, work, guard = _auto_tile(case, state, settings, device, guard, record, event)
     if guard is not None and guard.fits and settings.plan_only:
@@ -255,6 +258,26 @@ def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str
     if record.status == "ok":
         event("done", _done_message(case, record))
     return record
+
+
+def _lean_ort_graph(case: Case, state: ModelState, settings: BenchSettings, device: str, work: Work,
+                    whole: MemoryGuard, record: BenchRecord, event: Event) -> tuple[BenchSettings, MemoryGuard | None]:
+    """ONNX Runtime's whole frame does not fit with its fastest graph (NCHWc layout): guard it again with the
+    plain-layout graph (``extended``: no reorder copies, 15-33 % less memory), calibrated on its own. When that
+    fits, the case runs whole with it; otherwise the original verdict goes on to tiling."""
+    lean = dataclasses.replace(settings, ort_graph="extended")
+    fast_memory = dict(record.memory)
+    guard = memory_guard(case, state, lean, device, work, record, event)
+    if guard is None or not guard.fits:
+        record.memory = fast_memory
+        return settings, whole
+    usable = (whole.available_bytes - whole.reserve_bytes) / 2**30
+    record.memory["ort_graph"] = {
+        "level": "extended", "fast_level_estimate_bytes": whole.estimate_bytes,
+        "why": f"whole frame needs about {whole.estimate_bytes / 2**30:.1f} GiB with ORT_ENABLE_ALL (NCHWc), "
+               f"{guard.estimate_bytes / 2**30:.1f} GiB with ORT_ENABLE_EXTENDED; {usable:.1f} GiB usable"}
+    event("info", f"{case.label}: {record.memory['ort_graph']['why']}: runs whole with the plain-layout graph")
+    return lean, guard
 
 
 def _auto_tile(case: Case, state: ModelState, settings: BenchSettings, device: str, whole: MemoryGuard,

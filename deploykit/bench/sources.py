@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploykit._version import __version__
 from deploykit.artifacts.lookup import DEFAULT_EXPORTS, export_dir, onnx_artifact
 from deploykit.artifacts.manifest import MANIFEST_NAME, read_manifest
 from deploykit.errors import BenchError, DeployKitError
@@ -101,11 +102,14 @@ def onnx_for(target: Target, precision: str, cache_dir: Path, *, want_fp16: bool
 
 
 def _cached_onnx(target: Target, precision: str, cache_dir: Path) -> tuple[Path, Path, dict, str] | None:
-    """The cache's seed-0 random-init export of ``target`` when it has the ``precision`` ONNX on disk."""
+    """The cache's seed-0 random-init export of ``target`` when it has the ``precision`` ONNX on disk and was
+    written by this deploykit version (another version may apply other export forms: a stale graph would be
+    measured under the new code's name)."""
     cached = export_dir(target.spec, cache_dir)
     manifest = _read_if_present(cached)
     artifact = onnx_artifact(manifest, precision) if manifest else None
-    if artifact is not None and _random_init_seed0(manifest) and (cached / artifact["file"]).exists():
+    same_version = ((manifest or {}).get("tools") or {}).get("deploykit") == __version__
+    if artifact is not None and same_version and _random_init_seed0(manifest) and (cached / artifact["file"]).exists():
         return cached / artifact["file"], cached, manifest, f"cache {cached}"
     return None
 

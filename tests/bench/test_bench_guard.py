@@ -67,10 +67,11 @@ def test_far_below_the_memory_available_the_coarse_bound_is_kept(state, plenty, 
         assert record.memory["estimate_method"].startswith("coarse") and "calibration" not in record.memory
 
 
-@pytest.mark.parametrize("backend, key", [("ort", "ort"), ("torch", "torch"), ("torch-compile", "torch")])
+@pytest.mark.parametrize("backend, key", [("ort", ("ort", "fp32", 1, "all")), ("torch", ("torch", "fp32", 1, None)),
+                                          ("torch-compile", ("torch", "fp32", 1, None))])
 def test_calibration_is_per_backend_kind(state, tight, monkeypatch, backend, key):
     cal = {"factor": 1.5, "fixed_bytes": 300 * 2**20, "ratio": 1.2, "sizes": [64, 128], "seconds": 0.0}
-    monkeypatch.setitem(state.calibrations, (key, "fp32", 1), cal)
+    monkeypatch.setitem(state.calibrations, key, cal)
     monkeypatch.setattr(guard, "make_backend", lambda *a, **k: pytest.fail("the probe ran again"))
     case, work = _case(state, backend)
     record = new_record(case, 0)
@@ -83,7 +84,7 @@ def test_ort_uses_the_calibrated_factor(state, tight, monkeypatch):
     case, work = _case(state, "ort")
     settings = BenchSettings([(64, 64)], ["ort"], ["fp32"])
     cal = {"factor": 7.5, "fixed_bytes": 300 * 2**20, "ratio": 3.0, "sizes": [48, 96], "seconds": 0.0}
-    monkeypatch.setitem(state.calibrations, ("ort", "fp32", 1), cal)  # probed before: no backend is opened
+    monkeypatch.setitem(state.calibrations, ("ort", "fp32", 1, "all"), cal)  # probed before: no backend is opened
     monkeypatch.setattr(guard, "make_backend", lambda *a, **k: pytest.fail("the probe ran again"))
     record = new_record(case, 0)
     verdict = memory_guard(case, state, settings, "cpu", work, record, print)
@@ -106,4 +107,4 @@ def test_an_unavailable_probe_backend_is_a_skip(state, tight, monkeypatch):
     assert memory_guard(case, state, settings, "cpu", work, record, lambda *e: events.append(e)) is None
     assert record.status == "skipped" and record.reason == "backend unavailable: no onnxruntime here"
     assert events == [("skip", f"{case.label}: backend unavailable: no onnxruntime here")]
-    assert ("ort", "fp16", 1) not in state.calibrations
+    assert not [k for k in state.calibrations if k[:2] == ("ort", "fp16")]

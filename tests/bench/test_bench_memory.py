@@ -77,17 +77,17 @@ def test_probe_calibration_is_util_probe_peak_rss_twice_per_size(monkeypatch):
         return [100 * 2**20, 400 * 2**20]
 
     monkeypatch.setattr(memory, "probe_peak_rss", fake_probe)
-    spec = get_spec("mprnet:deraining")  # multiple_of 8: 16 and 64/128 stay as they are
+    spec = get_spec("mprnet:deraining")  # multiple_of 8: 16 and 128/256 stay as they are
     result = probe_calibration(lambda size: None, spec, lambda t: 1000 * t * t, floor=0.5)
-    assert calls == {"sizes": [64, 128], "warm": 16, "repeats": 2}
-    expected = calibrate_factor([100 * 2**20, 400 * 2**20], [1000 * 64 * 64, 1000 * 128 * 128], 0.5)
-    assert result["factor"] == pytest.approx(expected["factor"]) and result["sizes"] == [64, 128]
+    assert calls == {"sizes": [128, 256], "warm": 16, "repeats": 2}
+    expected = calibrate_factor([100 * 2**20, 400 * 2**20], [1000 * 128 * 128, 1000 * 256 * 256], 0.5)
+    assert result["factor"] == pytest.approx(expected["factor"]) and result["sizes"] == [128, 256]
     assert result["seconds"] >= 0
 
 
 def test_probe_sizes_stay_within_a_model_tile_limit():
-    assert memory.probe_sizes(get_spec("panet:dn")) == [64, 112]  # PANet: tiles of at most 112
-    assert memory.probe_sizes(get_spec("srresnet:x4")) == [64, 128]
+    assert memory.probe_sizes(get_spec("panet:dn")) == [56, 112]  # PANet: tiles of at most 112
+    assert memory.probe_sizes(get_spec("srresnet:x4")) == [128, 256]
 
 
 @pytest.mark.skipif(not peak_rss_measurable(), reason="needs VmHWM and /proc/self/clear_refs")

@@ -23,6 +23,10 @@ def test_gemm_probe_reports_fp32_on_cpu_only():
     assert set(result) >= {"fp32", "device", "n", "torch_threads", "method"} and "fp16" not in result
     assert result["fp32"]["gflops_best"] >= result["fp32"]["gflops_median"] > 0
     assert result["torch_threads"] == torch.get_num_threads()
+    kernels = result["fp32"]["kernels_gflops"]  # the peak is the best library kernel, each one recorded
+    assert set(kernels) == {"mkl_sgemm", "onednn_conv3x3", "mlas_sgemm", "mlas_conv3x3"}
+    assert result["fp32"]["gflops_best"] == max(kernels.values()) == kernels[result["fp32"]["best_kernel"]]
+    assert result["fp32"]["sgemm_gflops_best"] == kernels["mkl_sgemm"]
 
 
 def test_gemm_probe_counts_two_n_cubed_flops(monkeypatch):
@@ -86,13 +90,23 @@ def test_ort_readback_reads_the_session_not_the_request(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     path = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), path)
-    from deploykit.bench.backends import ort_session_options
-    from deploykit.runtime.ort import OrtBackend
+    from deploykit.runtime.ort import OrtBackend, cpu_session_options
 
-    backend = OrtBackend(path, session_options=ort_session_options(1, "lean"))
+    opts = cpu_session_options(1, "extended")
+    opts.enable_cpu_mem_arena = False  # a request the read-back must report as the session has it
+    backend = OrtBackend(path, session_options=opts)
     read = ort_readback(backend)
     assert (read["ort_intra_op"], read["ort_inter_op"]) == (1, 1) and read["execution_mode"] == "ORT_SEQUENTIAL"
     assert read["enable_cpu_mem_arena"] is False and read["enable_mem_pattern"] is False
+    assert read["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"
     assert backend.run({"x": np.array([[-1, 2, -3, 4]], np.float32)})["y"].tolist() == [[0, 2, 0, 4]]
     assert ort_readback(object()) is None
     assert ort.__version__
+
+
+def test_cpu_kernel_rates_count_each_kernels_flops(monkeypatch):
+    monkeypatch.setattr(probe, "_best_seconds", lambda call, repeats: (call(), 0.5)[1])  # each kernel runs, 0.5 s
+    rates = probe.cpu_kernel_rates(n=64, repeats=1, side=16, channels=8)
+    conv = 2 * 8 * 8 * 9 * 16 * 16 / 0.5 / 1e9
+    assert rates["onednn_conv3x3"] == pytest.approx(conv) and rates["mlas_conv3x3"] == pytest.approx(conv)
+    assert rates["mlas_sgemm"] == pytest.approx(2 * 64**3 / 0.5 / 1e9)

@@ -63,3 +63,20 @@ def test_a_suspect_record_is_flagged_in_the_table(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| m ")]
     assert "⚠ 1.30 SUSPECT" in rows[0] and "SUSPECT" not in rows[1] and "| 0.50 |" in rows[1]
     assert "Device:" not in text  # no-header
+
+
+def test_summary_block_computes_the_figures_prose_quotes(tmp_path):
+    def rec(runtime, ms, peak, rss, est, hw=512):
+        return {"model": "m:x", "runtime": runtime, "status": "ok", "input_hw": [hw, hw], "batch": 1,
+                "latency_ms": {"median": ms}, "peak_fraction": peak, "cpu_per_wall": 0.99, "suspect": False,
+                "tile": None, "memory": {"rss_peak_delta_bytes": rss, "estimate_bytes": est},
+                "parity": ({"checked": True, "max_abs": 3e-7, "psnr_db": 140.0, "nonfinite": 0}
+                           if runtime == "ort-cpu" else {"reference": True})}
+
+    data = _result([rec("torch-cpu", 300.0, 0.5, 1000, 1100), rec("ort-cpu", 100.0, 0.9, 500, 800)])
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    text = render_tables("<!-- bench-table: r.json summary -->\n<!-- /bench-table -->", tmp_path)
+    assert "* ort-cpu: 1 records, of the same-run peak 0.90, CPU/wall 0.99, 0 suspect" in text
+    assert "* m:x 512x512: ORT 3.00x eager's speed, peak RSS Δ ORT/eager 0.50" in text
+    assert "* FP32 parity: max abs <= 3.0e-07, PSNR >= 140.0 dB, NaN/Inf 0" in text
+    assert "1.10–1.60 over 2 records, 1 outside ±25 %" in text  # 1100/1000 inside, 800/500 outside

@@ -195,3 +195,43 @@ def test_a_frame_that_does_not_fit_is_tiled_automatically(monkeypatch, tmp_path)
     th, tw = tile["tile_hw"]  # the tiler spreads 4 equal tiles of at most 64 over 96 px
     assert th <= 64 and f"[auto-tiled: 4 x {tw}x{th}, overlap 16]" in markdown_table(result.to_dict())
     assert ",True," in csv_text(result.to_dict()).splitlines()[1]
+
+
+@pytest.mark.parametrize("lean_fits", [True, False])
+def test_ort_frame_that_fits_only_with_the_plain_layout_graph_runs_whole_with_it(srresnet_export, monkeypatch,
+                                                                                  tmp_path, lean_fits):
+    """ORT_ENABLE_ALL's estimate does not fit, ORT_ENABLE_EXTENDED's (calibrated on its own) does: the case runs
+    whole with the extended graph, read back from the session and explained in the record; when neither fits, it
+    is tiled with the fast graph."""
+    from deploykit.bench import guard
+
+    def fake_calibration(case, state, settings, device, notify):
+        if case.backend != "ort":
+            factor = 0.5  # the PyTorch reference fits
+        else:
+            factor = 8.0 if settings.ort_graph == "all" else (0.5 if lean_fits else 7.0)
+        return {"factor": factor, "fixed_bytes": 0, "ratio": factor, "sizes": [64, 128], "seconds": 0.0,
+                "graph": settings.ort_graph}
+
+    monkeypatch.setattr(guard, "calibration", fake_calibration)
+    from deploykit.bench.sources import Target
+    from deploykit.bench.state import ModelState
+
+    trace = ModelState(Target(get_spec("srresnet:x2")), "cpu").trace((96, 96), 1).peak_bytes
+    usable = int(2.0 * trace)  # 0.5 x trace fits, 7 x and 8 x do not
+    monkeypatch.setattr(memory, "available_memory", lambda: usable + 2**30)
+    monkeypatch.setattr(memory, "host_reserve", lambda total=None: 2**30)
+    monkeypatch.setattr(memory, "CALIBRATE_ABOVE", 0.0)
+    result = run_bench(["srresnet:x2"], res="96", backends="torch,ort", warmup=0, iters=1, threads=1,
+                       exports_root=srresnet_export, cache_dir=tmp_path / "cache")
+    r = [x.to_dict() for x in result.records if x.backend == "ort"][0]
+    assert r["status"] == "ok", r["reason"]
+    if lean_fits:
+        assert r["tile"] is None and r["session_options"]["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"
+        assert r["memory"]["calibration"]["graph"] == "extended" and r["memory"]["guard_factor"] == 0.5
+        assert r["memory"]["ort_graph"]["level"] == "extended"
+        assert r["memory"]["ort_graph"]["fast_level_estimate_bytes"] > usable
+        assert r["parity"]["checked"] and r["parity"]["passed"] and r["parity"]["nonfinite"] == 0, r["parity"]
+    else:
+        assert r["tile"]["auto"] is True and "ort_graph" not in r["memory"]
+        assert r["session_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL"

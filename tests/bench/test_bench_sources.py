@@ -9,11 +9,13 @@ import pytest
 
 from deploykit.artifacts.lookup import export_dir
 from deploykit.bench.sources import Target, default_cache_dir, discover_exports, onnx_for, resolve_models
+from deploykit._version import __version__
 from deploykit.errors import BenchError
 from deploykit.zoo.registry import get_spec
 
 
-def _write_export(root: Path, name: str, *, artifacts=("fp32",), weights=None, schema="deploykit.manifest") -> Path:
+def _write_export(root: Path, name: str, *, artifacts=("fp32",), weights=None, schema="deploykit.manifest",
+                  version: str = __version__) -> Path:
     spec = get_spec(name)
     folder = export_dir(spec, root)
     folder.mkdir(parents=True)
@@ -25,7 +27,7 @@ def _write_export(root: Path, name: str, *, artifacts=("fp32",), weights=None, s
     manifest = {"schema": schema, "schema_version": 1,
                 "model": {"name": spec.name, "family": spec.family, "variant": spec.variant},
                 "weights": weights or {"source": "random-init", "seed": 0}, "export": {"static_hw": None},
-                "artifacts": entries}
+                "artifacts": entries, "tools": {"deploykit": version}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -75,3 +77,16 @@ def test_onnx_for_refuses_to_stand_in_for_other_weights(tmp_path):
     (target,) = resolve_models(["srresnet:x2"], tmp_path)
     with pytest.raises(BenchError, match="re-export it with its weights"):
         onnx_for(target, "fp16", tmp_path / "cache", want_fp16=True, notify=print)
+
+
+def test_a_cache_export_of_another_deploykit_version_is_not_reused(tmp_path, monkeypatch):
+    """Another version may apply other export forms: its graph must not be measured under this one's name."""
+    from deploykit.bench import sources
+
+    _write_export(tmp_path / "cache", "srresnet:x2", version="0.0.1")
+    fresh = []
+    monkeypatch.setattr(sources, "_export_now", lambda target, precision, cache_dir, **k: fresh.append(precision) or
+                        ("new.onnx", cache_dir, {}, "exported now"))
+    assert onnx_for(Target(get_spec("srresnet:x2")), "fp32", tmp_path / "cache", want_fp16=False,
+                    notify=print)[3] == "exported now"
+    assert fresh == ["fp32"]

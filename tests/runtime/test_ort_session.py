@@ -1,0 +1,77 @@
+"""deploykit's ONNX Runtime CPU session (``runtime.ort.cpu_session_options``): settings read back from the session,
+and the property they are there for -- the second run at a size holds no more memory than the first."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deploykit.errors import BackendUnavailableError
+from deploykit.runtime.ort import GRAPH_LEVELS, OrtBackend, cpu_session_options
+from deploykit.util.system import peak_rss_measurable, release_memory, reset_peak_rss, status_bytes
+
+
+def _conv_chain(path, channels: int = 16, depth: int = 8) -> None:
+    """x -> depth x (3x3 conv + relu), dynamic H/W: enough full-size intermediates for the memory pattern to show."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(depth):
+        cin = 3 if i == 0 else channels
+        inits.append(numpy_helper.from_array((rng.standard_normal((channels, cin, 3, 3)) * 0.1).astype(np.float32),
+                                             f"w{i}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, channels, "H", "W"])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+
+
+@pytest.mark.parametrize("graph, level", [("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                                          ("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)])
+def test_session_settings_are_read_back(tmp_path, graph, level):
+    _conv_chain(tmp_path / "m.onnx", depth=2)
+    backend = OrtBackend(tmp_path / "m.onnx", session_options=cpu_session_options(1, graph))
+    read = backend.session.get_session_options()
+    assert (read.intra_op_num_threads, read.inter_op_num_threads) == (1, 1) and backend.threads == 1
+    assert read.enable_mem_pattern is False and read.enable_cpu_mem_arena is True
+    assert read.graph_optimization_level == level
+    assert read.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+
+
+def test_the_default_runner_has_the_memory_pattern_off(tmp_path):
+    _conv_chain(tmp_path / "m.onnx", depth=2)
+    read = OrtBackend(tmp_path / "m.onnx", threads=2).session.get_session_options()
+    assert read.enable_mem_pattern is False and read.intra_op_num_threads == 2
+    assert read.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_unknown_graph_level_is_refused():
+    with pytest.raises(BackendUnavailableError, match=f"unknown ONNX Runtime graph level 'fast' \\(use "
+                                                      f"{' or '.join(GRAPH_LEVELS)}\\)"):
+        cpu_session_options(1, "fast")
+
+
+@pytest.mark.skipif(not peak_rss_measurable(), reason="needs /proc/self/status VmHWM and clear_refs")
+def test_second_run_at_the_first_size_holds_no_more_memory(tmp_path):
+    """With ORT's memory pattern on, a session's second run at the size of its first allocates the pattern's
+    block while the arena keeps the first run's tensors (measured 1.6-1.9x on the zoo); deploykit's session
+    must stay flat."""
+    _conv_chain(tmp_path / "m.onnx")
+    backend = OrtBackend(tmp_path / "m.onnx", threads=1)
+    x = {"x": np.random.default_rng(1).random((1, 3, 512, 512), dtype=np.float32)}
+    release_memory()
+    base = status_bytes("VmRSS")
+    reset_peak_rss()
+    backend.run(x)
+    first = status_bytes("VmHWM") - base
+    for _ in range(2):
+        backend.run(x)
+    later = status_bytes("VmHWM") - base
+    tensor = 16 * 512 * 512 * 4
+    assert first >= 2 * tensor  # the runs really allocated full-size intermediates
+    assert later <= first + tensor, f"peak grew from {first / 2**20:.0f} to {later / 2**20:.0f} MiB"
