@@ -72,16 +72,41 @@ def onnx_path(model: str) -> Path:
     return folder / onnx_artifact(read_manifest(folder), "fp32")["file"]
 
 
+def table(paths: list[Path]) -> str:
+    """Rows: each configuration's peak RSS growth and run time, the graph's liveness floor; a column per file and
+    size (MB = 1e6 bytes)."""
+    results = [{**json.loads(p.read_text()), "file": p.stem.removeprefix("ort_memory_")} for p in paths]
+    cols = [(r, s) for r in results for s in r["sizes"]]
+    head = " | ".join(f"{r['file']} {s}²" for r, s in cols)
+    lines = [f"| MB (10⁶ bytes), s per run | {head} |", "|---|" + "---|" * len(cols)]
+    configs = [c for c in CONFIGS if any(x["config"] == c for r in results for x in r["configs"])]
+    for cfg in configs:
+        cells = []
+        for r, s in cols:
+            hit = [x for x in r["configs"] if x["config"] == cfg and x["size"] == s]
+            cells.append(f"{hit[0]['peak_rss_growth_bytes'] / 1e6:.0f} MB, {max(hit[0]['run_seconds']):.1f} s"
+                         if hit else "")
+        lines.append(f"| {cfg} | " + " | ".join(cells) + " |")
+    floor = [f"{r['onnx_min_live'][r['sizes'].index(s)]['peak_bytes'] / 1e6:.0f} MB" for r, s in cols]
+    lines.append("| ONNX graph minimum live (node order) | " + " | ".join(floor) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model")
+    parser.add_argument("model", nargs="?")
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--onnx", help="measure this ONNX file instead of the bench cache's export")
     parser.add_argument("--label", default="", help="suffix of the result file (with --onnx)")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON",
+                        help="print the markdown table of these result files (one column per file and size)")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.one:
         print(json.dumps(one(args.one, args.model, sizes[0], args.onnx)))
@@ -97,7 +122,8 @@ def main() -> int:
                                       check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             for c in args.configs.split(",") for s in sizes]
     onnx = args.onnx or onnx_path(args.model)
-    result = {"study": "ort_memory", "model": args.model, "sizes": sizes, "cpu_identity": cpu_identity(),
+    result = {"study": "ort_memory", "model": args.model, "label": args.label, "sizes": sizes,
+              "cpu_identity": cpu_identity(),
               "threads": 1, "command": " ".join(["python3", "benchmarks/ort_memory.py", *sys.argv[1:]]),
               "loadavg_before": loadavg(), "configs": rows,
               "eager_trace_bytes": [state.trace((s, s), 1).peak_bytes for s in sizes],
