@@ -263,7 +263,7 @@ def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str
 def _lean_ort_graph(case: Case, state: ModelState, settings: BenchSettings, device: str, work: Work,
                     whole: MemoryGuard, record: BenchRecord, event: Event) -> tuple[BenchSettings, MemoryGuard | None]:
     """ONNX Runtime's whole frame does not fit with its fastest graph (NCHWc layout): guard it again with the
-    plain-layout graph (``extended``: no reorder copies, 15-33 % less memory), calibrated on its own. When that
+    plain-layout graph (``extended``: no reorder copies, 8-30 % less memory), calibrated on its own. When that
     fits, the case runs whole with it; otherwise the original verdict goes on to tiling."""
     lean = dataclasses.replace(settings, ort_graph="extended")
     fast_memory = dict(record.memory)

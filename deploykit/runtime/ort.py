@@ -30,7 +30,7 @@ def cpu_session_options(threads: int | None = None, graph: str = "all"):
     (a bench case, an app on fixed-size frames) allocates the pattern's block on the second run while the arena
     still holds the first run's tensors -- the steady peak is 1.6-1.9x (EDSR m_x4 256^2: 1,114 MB first run,
     1,820 MB from the second on; off: 1,116 MB flat), at no measured speed cost (``benchmarks/ort_memory.py``).
-    ``extended`` skips the NCHWc layout transformer: no reorder copies of full-size tensors (15-33 % less peak
+    ``extended`` skips the NCHWc layout transformer: no reorder copies of full-size tensors (8-30 % less peak
     memory measured at 256^2 across the zoo) at the cost of MLAS's blocked convolutions (0-90 % slower, by model):
     the runner for frames that fit only that way (``deploykit bench`` picks it per case)."""
     import onnxruntime as ort
