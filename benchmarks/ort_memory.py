@@ -9,9 +9,11 @@ Each (configuration, size) runs in a fresh process (``--one CONFIG``): the runne
 growth (VmHWM reset through /proc/self/clear_refs) over 2 runs at that size (1 for PyTorch) above the RSS of the
 loaded runner -- the first run is at the size itself, as in an app on fixed-size frames or a bench case (a warm
 run at another size first hides the memory pattern's second block). One intra-op and inter-op thread.
-Configurations: ``ort-pattern`` = ONNX Runtime's defaults (memory pattern on), ``ort`` = deploykit's session
-(``runtime.ort.cpu_session_options``: memory pattern off), ``ort-extended`` = the same with
-ORT_ENABLE_EXTENDED (no NCHWc layout). The ONNX file is the bench cache's random-init export unless ``--onnx``.
+Configurations: ``ort-pattern`` = ONNX Runtime's defaults (the session's own power-of-two arena, memory pattern
+on), ``ort`` = deploykit's session (``runtime.ort.cpu_session_options``) with the session's own arena: memory
+pattern off, ``ort-noarena`` = no CPU arena (plain malloc), ``ort-shared`` = the shared same-as-requested arena
+shrunk after each run (``ModelSpec.ort_arena = "shared"``), ``ort-extended`` = ``ort`` with ORT_ENABLE_EXTENDED
+(no NCHWc layout). The ONNX file is the bench cache's random-init export unless ``--onnx``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploykit.util.system import cpu_identity, cpu_slug, loadavg  # noqa: E402
 
-CONFIGS = ("torch", "ort-pattern", "ort", "ort-extended")
+CONFIGS = ("torch", "ort-pattern", "ort", "ort-noarena", "ort-shared", "ort-extended")
+
+
+def ort_options(cfg: str):
+    """The SessionOptions of an ``ort*`` configuration: deploykit's recipe, then what the configuration changes."""
+    from deploykit.runtime.ort import cpu_session_options
+
+    arena = "shared" if cfg == "ort-shared" else "session"
+    opts = cpu_session_options(1, "extended" if cfg == "ort-extended" else "all", arena)
+    opts.enable_mem_pattern = cfg == "ort-pattern"
+    opts.enable_cpu_mem_arena = cfg != "ort-noarena"
+    return opts
 
 
 def one(cfg: str, model: str, size: int, onnx: str | None) -> dict:
@@ -45,11 +58,9 @@ def one(cfg: str, model: str, size: int, onnx: str | None) -> dict:
         torch.set_num_threads(1)
         backend = TorchBackend.for_image(build_model(spec)[0], spec, device="cpu")
     else:
-        from deploykit.runtime.ort import OrtBackend, cpu_session_options
+        from deploykit.runtime.ort import OrtBackend
 
-        opts = cpu_session_options(1, "extended" if cfg == "ort-extended" else "all")
-        opts.enable_mem_pattern = cfg == "ort-pattern"
-        backend = OrtBackend(onnx or onnx_path(model), session_options=opts)
+        backend = OrtBackend(onnx or onnx_path(model), session_options=ort_options(cfg))
     feed = random_inputs(spec, (1, size, size), seed=1)
     release_memory()
     base = status_bytes("VmRSS") or 0
@@ -87,9 +98,24 @@ def table(paths: list[Path]) -> str:
             cells.append(f"{hit[0]['peak_rss_growth_bytes'] / 1e6:.0f} MB, {max(hit[0]['run_seconds']):.1f} s"
                          if hit else "")
         lines.append(f"| {cfg} | " + " | ".join(cells) + " |")
-    floor = [f"{r['onnx_min_live'][r['sizes'].index(s)]['peak_bytes'] / 1e6:.0f} MB" for r, s in cols]
+    floor = [_floor_cell(r["onnx_min_live"][r["sizes"].index(s)]) for r, s in cols]
     lines.append("| ONNX graph minimum live (node order) | " + " | ".join(floor) + " |")
     return "\n".join(lines)
+
+
+def _floor_cell(live: dict) -> str:
+    return f"{live['peak_bytes'] / 1e6:.0f} MB" if live.get("peak_bytes") else f"n/a ({live.get('error', '?')})"
+
+
+def floor_or_error(onnx, size: int) -> dict:
+    """The graph's liveness floor, or why shape inference could not give one (MIRNet's graph: ORT's symbolic
+    shape inference fails on an Unsqueeze)."""
+    from deploykit.bench.onnx_memory import min_live_bytes
+
+    try:
+        return min_live_bytes(onnx, size, size)
+    except Exception as exc:  # noqa: BLE001 (a study column, not a result)
+        return {"peak_bytes": None, "error": f"{type(exc).__name__} in shape inference"}
 
 
 def main() -> int:
@@ -111,7 +137,6 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(args.one, args.model, sizes[0], args.onnx)))
         return 0
-    from deploykit.bench.onnx_memory import min_live_bytes
     from deploykit.bench.sources import Target
     from deploykit.bench.state import ModelState
     from deploykit.zoo.registry import get_spec
@@ -127,7 +152,7 @@ def main() -> int:
               "threads": 1, "command": " ".join(["python3", "benchmarks/ort_memory.py", *sys.argv[1:]]),
               "loadavg_before": loadavg(), "configs": rows,
               "eager_trace_bytes": [state.trace((s, s), 1).peak_bytes for s in sizes],
-              "onnx": str(onnx), "onnx_min_live": [min_live_bytes(onnx, s, s) for s in sizes]}
+              "onnx": str(onnx), "onnx_min_live": [floor_or_error(onnx, s) for s in sizes]}
     label = f"_{args.label}" if args.label else ""
     out = args.out / cpu_slug() / f"ort_memory_{args.model.split(':')[0]}{label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from deploykit.exporting.onnx_export import (
     save_onnx,
 )
 from deploykit.exporting.simplify import simplify
-from deploykit.runtime.ort import OrtBackend
+from deploykit.runtime.ort import OrtBackend, cpu_session_recipe
 from deploykit.runtime.torch_backend import TorchBackend
 from deploykit.trt.build import maybe_build_after_export
 from deploykit.util.files import Staging, sha256_file
@@ -297,6 +297,7 @@ def _make_fp16(run: _ExportRun, stage: Staging, fp32_model: onnx.ModelProto) -> 
 def _publish(run: _ExportRun, stage: Staging) -> list[Path]:
     run.manifest["parity"] = [r.to_dict() for r in run.parity]
     run.manifest["artifacts"] = run.artifacts
+    run.manifest["onnxruntime_cpu"] = cpu_session_recipe(arena=run.spec.ort_arena)
     run.manifest["steps"] = run.steps.records
     write_manifest(stage.path(MANIFEST_NAME), run.manifest)
     return stage.publish([f for a in run.artifacts for f in (a["file"], a.get("external_data")) if f]

@@ -21,7 +21,7 @@ from deploykit.runtime.gpu import (
     ort_providers,
     tensorrt_unavailable_reason,
 )
-from deploykit.runtime.ort import OrtBackend
+from deploykit.runtime.ort import OrtBackend, cpu_session_options
 from deploykit.runtime.ort_gpu import OrtGpuBackend
 from deploykit.runtime.profiles import Profile
 from deploykit.runtime.tensorrt import TensorRTBackend
@@ -103,6 +103,8 @@ def open_backend(kind: str, spec: ModelSpec, *, precision: str = "fp32", model=N
         return compiled_backend(ImageOutput(model, spec.image_output), [t.name for t in spec.inputs],
                                 [spec.outputs[spec.image_output].name], device=torch_device, precision=precision)
     if kind == "ort":
+        if session_options is None:
+            session_options = cpu_session_options(threads, arena=spec.ort_arena)
         return OrtBackend(_need(onnx, kind, "an ONNX file"), device="cpu", precision=precision, threads=threads,
                           session_options=session_options)
     if kind in _EP:

@@ -109,6 +109,8 @@ def test_static_export_pins_height_and_width(tmp_path):
     result = deploykit.export("vapsr:s_x4", out=tmp_path, static="24x40", fp16=False, simplify_graph=False)
     dims = result.manifest["io"]["inputs"][0]["dims"]
     assert dims == ["batch", 3, 24, 40]
+    recipe = result.manifest["onnxruntime_cpu"]  # the session C++ / Triton users should open: VapSR keeps its own arena
+    assert recipe["enable_mem_pattern"] is False and recipe["cpu_arena"] == "session" and not recipe["run_config"]
     assert result.files[0].name == "vapsr_s_x4_24x40.fp32.onnx"
     with pytest.raises(ExportError, match="HxW"):
         deploykit.export("vapsr:s_x4", out=tmp_path, static="24by40")

@@ -50,7 +50,7 @@ def test_ort_session_really_has_the_requested_threads(onnx_file, threads):
         really = backend.session.get_session_options().intra_op_num_threads
         assert really == threads and backend.threads == threads
         assert backend.describe() == {"backend": "ort-cpu", "device": "cpu", "precision": "fp32",
-                                      "intra_op_threads": threads}
+                                      "intra_op_threads": threads, "cpu_arena": "the session's own (ORT default)"}
     # the same through the one factory
     opened = open_backend("ort", SPEC, onnx=onnx_file, threads=threads)
     assert opened.session.get_session_options().intra_op_num_threads == threads == opened.threads

@@ -75,3 +75,43 @@ def test_second_run_at_the_first_size_holds_no_more_memory(tmp_path):
     tensor = 16 * 512 * 512 * 4
     assert first >= 2 * tensor  # the runs really allocated full-size intermediates
     assert later <= first + tensor, f"peak grew from {first / 2**20:.0f} to {later / 2**20:.0f} MiB"
+
+
+@pytest.mark.skipif(not peak_rss_measurable(), reason="needs /proc/self/status VmRSS")
+@pytest.mark.parametrize("arena", ["shared", "session"])
+def test_the_shared_arena_gives_a_run_memory_back(tmp_path, arena):
+    """The shared same-as-requested arena is shrunk after each run (a process benchmarking one size after another
+    keeps nothing of the last); a session's own arena keeps its chunks (ORT's default) until the session closes."""
+    _conv_chain(tmp_path / "m.onnx")
+    backend = OrtBackend(tmp_path / "m.onnx", session_options=cpu_session_options(1, arena=arena))
+    x = {"x": np.random.default_rng(1).random((1, 3, 512, 512), dtype=np.float32)}
+    backend.run({"x": x["x"][:, :, :32, :32]})
+    release_memory()
+    base = status_bytes("VmRSS")
+    out = backend.run(x)
+    del out
+    release_memory()
+    kept = status_bytes("VmRSS") - base
+    tensor = 16 * 512 * 512 * 4
+    assert backend.arena.startswith("shared" if arena == "shared" else "the session")
+    if arena == "shared":  # measured: one tensor's worth stays (the arena's first region); unshrunk: two
+        assert kept < 1.5 * tensor, f"{kept / 2**20:.0f} MiB kept after the run"
+    else:
+        assert kept >= 1.5 * tensor  # the contrast: the property above is the shrinkage's, not the default's
+
+
+def test_each_model_gets_its_measured_arena(tmp_path):
+    from deploykit.runtime.open import open_backend
+    from deploykit.runtime.ort import cpu_session_recipe
+    from deploykit.zoo.registry import get_spec
+
+    _conv_chain(tmp_path / "m.onnx", depth=2)
+    assert open_backend("ort", get_spec("edsr:m_x4"), onnx=tmp_path / "m.onnx").arena.startswith("shared")
+    assert open_backend("ort", get_spec("mprnet:deblurring"), onnx=tmp_path / "m.onnx").arena.startswith("the session")
+    shared, own = cpu_session_recipe(arena="shared"), cpu_session_recipe()
+    assert shared["session_config"] == {"session.use_env_allocators": "1"}
+    assert shared["run_config"] == {"memory.enable_memory_arena_shrinkage": "cpu:0"}
+    assert shared["env_cpu_arena"]["arena_extend_strategy"] == "kSameAsRequested"
+    assert own["session_config"] == {} and "env_cpu_arena" not in own and own["enable_mem_pattern"] is False
+    with pytest.raises(BackendUnavailableError, match="unknown ONNX Runtime CPU arena 'pool'"):
+        cpu_session_options(1, arena="pool")
