@@ -41,10 +41,11 @@ def make_backend(case: Case, state: ModelState, settings: BenchSettings, device:
                               torch_device=device)
         runner.name = f"torch-{device}" if case.backend == "torch" else runner.name
         return runner, None
-    path, export_dir, manifest, artifact = _onnx_source(case, state, settings, notify)
+    path, export_dir, manifest, artifact = onnx_source(case, state, settings, notify)
     if case.backend == "ort":
         return open_backend("ort", spec, onnx=path, precision=case.precision, threads=settings.threads,
-                            session_options=cpu_session_options(settings.threads, settings.ort_graph)), artifact
+                            session_options=cpu_session_options(settings.threads, settings.ort_graph,
+                                                                 spec.ort_arena)), artifact
     hw = work_hw(case.hw, settings, spec)
     if case.backend == "ort-cuda":
         return open_backend("ort-cuda", spec, export_dir=export_dir, manifest=manifest, precision=case.precision,
@@ -57,7 +58,7 @@ def make_backend(case: Case, state: ModelState, settings: BenchSettings, device:
     raise BenchError(f"unknown backend '{case.backend}'")
 
 
-def _onnx_source(case: Case, state: ModelState, settings: BenchSettings, notify: Notify) -> OnnxSource:
+def onnx_source(case: Case, state: ModelState, settings: BenchSettings, notify: Notify) -> OnnxSource:
     """(ONNX path, export dir, manifest, artifact info) of the case's precision, found or exported once per
     model; ShapeContractError when the export has a fixed size other than the case's."""
     cache_dir = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()

@@ -122,6 +122,9 @@ def count_flops(module: nn.Module, spec: ModelSpec, *, base: int = BASE_SIZE, ch
 
 # --- peak live activation bytes ---------------------------------------------------------------------------
 
+HEAP_MAX_BLOCK = 32 * 2**20  # glibc: blocks under this may live on the heap (its dynamic mmap threshold's ceiling)
+
+
 class _LiveBytes(TorchDispatchMode):
     """Tracks the bytes of storages created by ops until their last tensor is collected (peak = high water)."""
 
@@ -131,6 +134,8 @@ class _LiveBytes(TorchDispatchMode):
         self.current = 0
         self.peak = 0
         self.largest = 0
+        self.current_heap = 0  # live bytes in storages under HEAP_MAX_BLOCK
+        self.heap_peak = 0
 
     def _release(self, key: int) -> None:
         entry = self.live.get(key)
@@ -139,6 +144,8 @@ class _LiveBytes(TorchDispatchMode):
         entry[1] -= 1
         if entry[1] <= 0:
             self.current -= entry[0]
+            if entry[0] < HEAP_MAX_BLOCK:
+                self.current_heap -= entry[0]
             del self.live[key]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -156,6 +163,9 @@ class _LiveBytes(TorchDispatchMode):
                 self.current += nbytes
                 self.peak = max(self.peak, self.current)
                 self.largest = max(self.largest, nbytes)
+                if nbytes < HEAP_MAX_BLOCK:
+                    self.current_heap += nbytes
+                    self.heap_peak = max(self.heap_peak, self.current_heap)
             weakref.finalize(t, self._release, key)
         return out
 
@@ -170,6 +180,12 @@ class MemoryTrace:
     peak_bytes: int
     largest_tensor_bytes: int
     output_bytes: int
+    heap_peak_bytes: int = 0  # the most bytes live at once in tensors under HEAP_MAX_BLOCK (heap-allocated)
+
+    def effective_bytes(self, heap_factor: float) -> int:
+        """Traced bytes with the heap-resident share weighted by ``heap_factor`` (fragmentation measured by the
+        memory probe): what the probe's line is applied to."""
+        return int(self.peak_bytes + (heap_factor - 1.0) * self.heap_peak_bytes)
 
     @property
     def bytes_per_pixel(self) -> float:
@@ -196,4 +212,4 @@ def trace_peak_bytes(module: nn.Module, spec: ModelSpec, height: int, width: int
         out_bytes = sum(o.untyped_storage().nbytes() for o in outs if isinstance(o, torch.Tensor))
     del out, outs
     return MemoryTrace((height, width), batch, str(dtype).replace("torch.", ""), int(mode.peak),
-                       int(mode.largest), int(out_bytes))
+                       int(mode.largest), int(out_bytes), int(mode.heap_peak))

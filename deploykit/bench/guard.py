@@ -6,25 +6,28 @@ automatically by the caller (``run``) with the largest tile that fits, or skippe
 
 from __future__ import annotations
 
-from deploykit.bench.backends import Notify, make_backend
+from deploykit.bench.backends import Notify, onnx_source
 from deploykit.bench.flops import MemoryTrace
 from deploykit.bench.memory import (
     CAL_FLOOR,
     CALIBRATE_ABOVE,
     CALIBRATE_FROM_PIXELS,
     HOST_FACTORS,
+    PROBE_MARGIN,
+    PROBE_REPEATS,
     PROBED_BACKENDS,
     MemoryGuard,
     check_memory,
     probe_calibration,
+    probe_sizes,
 )
+from deploykit.bench.memory_probe import ProbeRequest, run_probe
 from deploykit.bench.plan import PARITY_SEED, BenchSettings, Case, Event, Work
 from deploykit.bench.records import BenchRecord
 from deploykit.bench.state import ModelState
 from deploykit.errors import BackendUnavailableError, DeployKitError
-from deploykit.util.system import release_memory
+from deploykit.runtime.open import require_available
 from deploykit.util.text import one_line
-from deploykit.zoo.sample_inputs import random_inputs
 
 
 def memory_guard(case: Case, state: ModelState, settings: BenchSettings, device: str, work: Work,
@@ -76,37 +79,45 @@ def _probed_guard(case: Case, state: ModelState, settings: BenchSettings, device
         reason = one_line(exc, 300, name_type=not isinstance(exc, DeployKitError))
         record.stop("error", f"memory probe failed: {reason}", event, case.label)
         return None
-    guard = check_memory(trace.peak_bytes, pool="host", spec=state.spec, batch=work.run_batch,
+    heap = cal.get("heap_factor", 1.0)
+    guard = check_memory(trace.effective_bytes(heap), pool="host", spec=state.spec, batch=work.run_batch,
                          extra_bytes=2 * work.held_bytes, factor=cal["factor"], fixed=cal["fixed_bytes"],
-                         trace_at=state.trace_at(work.run_batch))
+                         trace_at=state.trace_at(work.run_batch, heap_factor=heap), margin=PROBE_MARGIN)
     record.memory.update(estimate_bytes=guard.estimate_bytes, available_bytes=guard.available_bytes,
-                         guard_factor=guard.factor, calibration=cal, estimate_method=(
-                             f"calibrated: {cal['fixed_bytes'] / 2**20:.0f} MiB + {guard.factor:.3g} x traced bytes "
-                             f"(probe at {cal['sizes'][0]}^2, {cal['sizes'][1]}^2)"))
+                         guard_factor=guard.factor, guard_margin=guard.margin, calibration=cal,
+                         trace_heap_bytes=trace.heap_peak_bytes, estimate_method=(
+                             f"calibrated: {cal['fixed_bytes'] / 2**20:.0f} MiB + {guard.factor:.3g} x (traced bytes"
+                             f" + {heap - 1:.2f} x the {trace.heap_peak_bytes / 2**20:.0f} MiB of them under 32 MiB "
+                             f"a tensor) + 2 x held output (probe at {cal['sizes'][0]}^2, {cal['sizes'][1]}^2 in a "
+                             f"fresh process); runs when {guard.margin:g} x estimate fits"))
     return guard
 
 
 def calibration(case: Case, state: ModelState, settings: BenchSettings, device: str, notify: Notify) -> dict:
-    """Per (backend, precision, batch), once per model: run a fresh backend at the probe sizes and fit the guard's
-    factor (``memory.probe_calibration``)."""
+    """Per (backend, precision, batch), once per model: the runner in a fresh process at the probe sizes
+    (``memory_probe``), and the guard's line fitted to what it took (``memory.probe_calibration``)."""
     kind = "torch" if case.backend.startswith("torch") else case.backend  # torch-compile: eager's memory, no compiles
     key = (kind, case.precision, case.batch, settings.ort_graph if kind == "ort" else None)
     if key in state.calibrations:
         return state.calibrations[key]
     spec = state.spec
-    probe_case = Case(case.target, kind, case.precision, case.hw, case.batch)
-    backend, _ = make_backend(probe_case, state, settings, device, notify)
-    try:
-        result = probe_calibration(
-            lambda size: backend.run(random_inputs(spec, (case.batch, size, size), seed=PARITY_SEED)), spec,
-            lambda size: state.trace((size, size), case.batch).peak_bytes, CAL_FLOOR)
-    finally:
-        if backend is not state.reference:
-            backend.close()
-        release_memory()
+    require_available(kind)
+    onnx = None
+    if kind == "ort":
+        onnx = str(onnx_source(Case(case.target, kind, case.precision, case.hw, case.batch), state, settings,
+                               notify)[0])
+    notify(f"memory probe {spec.name} {case.backend}/{case.precision}: a fresh process at "
+           f"{' and '.join(f'{s}²' for s in probe_sizes(spec))} …")
+
+    def measure(sizes: list[int], warm: int, repeats: int) -> dict:
+        return run_probe(ProbeRequest(kind, spec.name, sizes, warm, repeats, case.precision, case.batch,
+                                      settings.threads, onnx, settings.ort_graph, PARITY_SEED))
+
+    result = probe_calibration(measure, spec, lambda size: state.trace((size, size), case.batch),
+                               CAL_FLOOR, repeats=PROBE_REPEATS if kind == "ort" else 1)
     sizes = result["sizes"]
     notify(f"memory probe {spec.name} {case.backend}/{case.precision} at {sizes[0]}² and {sizes[1]}²: "
-           f"{result['ratio']:.2f} x traced bytes -> guard factor {result['factor']:.2f} "
-           f"+ {result['fixed_bytes'] / 2**20:.0f} MiB ({result['seconds']:.0f} s)")
+           f"{result['ratio']:.2f} x traced bytes + {result['fixed_bytes'] / 2**20:.0f} MiB, heap-resident "
+           f"tensors x {result['heap_factor']:.2f} ({result['seconds']:.0f} s)")
     state.calibrations[key] = result
     return result

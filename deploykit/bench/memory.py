@@ -1,13 +1,15 @@
 """The memory guard's arithmetic: estimate = factor x traced activation bytes + fixed + extra, against the memory
 that is free, with the largest tile that would fit, and the per-(model, backend, precision) calibration of the
-factor from measured peaks at two small sizes (``util.system.probe_peak_rss``). Decides *whether* a case may run,
-never runs one itself.
+factor from measured peaks at two small sizes (``memory_probe``: a fresh process). Decides *whether* a case may
+run, never runs one itself.
 
-Calibration: peak RSS growth measured at PROBE_SIZES is fitted as ``fixed + ratio x traced bytes``. The traced
-bytes are linear in pixels for the convolutional nets (so is the measured peak: MIRNet-v2 eager 1.11 / 3.88 GB at
-512 / 1024 px) and grow like (H*W)^2 for PANet's attention, whose exact trace is kept. A small case (under
-CALIBRATE_FROM_PIXELS per call) whose coarse upper bound (HOST_FACTORS x trace) is below CALIBRATE_ABOVE of the
-usable memory is not worth a probe and keeps the bound.
+Calibration: peak RSS growth measured at PROBE_SIZES is fitted as ``fixed + ratio x traced bytes`` (a straight line
+through the two points). The traced bytes are linear in pixels for the convolutional nets (so is the measured
+peak: MIRNet-v2 eager 1.11 / 3.88 GB at 512 / 1024 px) and grow like (H*W)^2 for PANet's attention, whose exact
+trace is kept. The estimate is the fit itself (what the case is expected to take, recorded beside what it took);
+the guard lets a case run when PROBE_MARGIN x estimate fits. A small case (under CALIBRATE_FROM_PIXELS per call)
+whose coarse upper bound (HOST_FACTORS x trace) is below CALIBRATE_ABOVE of the usable memory is not worth a probe
+and keeps the bound (margin 1: it is a bound already).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from deploykit.util.system import available_memory, host_reserve, probe_peak_rss
+from deploykit.bench.flops import MemoryTrace
+from deploykit.util.system import available_memory, host_reserve
 from deploykit.zoo.spec import ModelSpec
 
 HOST_FACTORS = {"torch": 2.0, "torch-compile": 2.0, "ort": 10.0}  # coarse upper bounds x traced bytes (uncalibrated)
@@ -27,8 +30,8 @@ CALIBRATE_ABOVE = 0.25  # calibrate when the coarse bound exceeds this share of 
 CALIBRATE_FROM_PIXELS = 512 * 512  # ... or the call is this large: the coarse bound is ~2x off there
 PROBE_SIZES = (128, 256)  # 64/128 read MIRNet-v2 eager at 1.8x traced bytes, 128/256 at 1.25x as 512^2 does
 PROBE_WARM = 16  # the warm-up run's side: thread pools, kernel caches, the first arena region
-PROBE_REPEATS = 2  # ORT's second run at a new shape can take more than the first (arena), then stays flat
-PROBE_MARGIN = 1.1  # on the fitted marginal bytes per traced byte: 128/256 predicted 512^2 within +5..9 % (eager)
+PROBE_REPEATS = 2  # a runner's second run at a new shape may take more than its first (ORT's memory pattern)
+PROBE_MARGIN = 1.1  # the guard's headroom over a calibrated estimate (the fit's error at 512^2, docs/benchmarks.md)
 GPU_FACTOR = 1.5
 FIXED_OVERHEAD = 256 * 2**20
 GPU_RESERVE = 512 * 2**20
@@ -48,6 +51,7 @@ class MemoryGuard:
     fits: bool
     tile_hint: int | None = None
     fixed_bytes: int = FIXED_OVERHEAD
+    margin: float = 1.0  # fits when margin x estimate is under the usable memory
 
     def reason(self, case_wxh: str) -> str:
         gib = 2**30
@@ -55,9 +59,10 @@ class MemoryGuard:
         hint = (f"; run it tiled, e.g. --tile {self.tile_hint} --overlap 32" if self.tile_hint
                 else "; run it tiled with a small --tile (e.g. --tile 256 --overlap 32), or free memory")
         where = "MemAvailable" if self.pool == "host" else "free GPU memory"
+        headroom = f", x {self.margin:g} headroom" if self.margin != 1.0 else ""
         return (f"skipped by the memory guard: {case_wxh} needs about {self.estimate_bytes / gib:.1f} GiB "
                 f"({self.factor:.3g} x {self.trace_peak_bytes / gib:.2f} GiB traced activations + "
-                f"{self.fixed_bytes / gib:.2f} GiB) but only "
+                f"{self.fixed_bytes / gib:.2f} GiB{headroom}) but only "
                 f"{usable / gib:.1f} GiB is usable ({where} {self.available_bytes / gib:.1f} GiB minus "
                 f"{self.reserve_bytes / gib:.1f} GiB reserve){hint}")
 
@@ -67,7 +72,7 @@ class MemoryGuard:
 
 def suggest_tile(usable: int, spec: ModelSpec, *, factor: float, batch: int = 1,
                  trace_at: Callable[[int], int] | None = None, bytes_per_pixel: float | None = None,
-                 fixed: int = FIXED_OVERHEAD) -> int | None:
+                 fixed: int = FIXED_OVERHEAD, margin: float = 1.0) -> int | None:
     """Largest candidate tile (a multiple of the contract, at most the spec's own ``tile`` limit) whose estimate
     fits ``usable``. ``trace_at(T)`` gives the traced peak bytes at T x T (exact, also for attention models whose
     memory grows faster than the pixel count); without it the per-pixel rate is scaled."""
@@ -81,7 +86,7 @@ def suggest_tile(usable: int, spec: ModelSpec, *, factor: float, batch: int = 1,
             peak = bytes_per_pixel * tile * tile * max(1, batch)
         else:
             return None
-        if factor * peak + fixed <= usable:
+        if margin * (factor * peak + fixed) <= usable:
             return tile
     return None
 
@@ -89,9 +94,11 @@ def suggest_tile(usable: int, spec: ModelSpec, *, factor: float, batch: int = 1,
 def check_memory(trace_peak_bytes: int, *, pool: str = "host", spec: ModelSpec, batch: int = 1,
                  extra_bytes: int = 0, available: int | None = None, reserve: int | None = None,
                  factor: float | None = None, trace_at: Callable[[int], int] | None = None,
-                 bytes_per_pixel: float | None = None, fixed: int = FIXED_OVERHEAD) -> MemoryGuard:
-    """Estimate = factor x traced activation peak + fixed overhead + ``extra_bytes``; fits when under
-    available - reserve. When it does not fit, the largest tile that would is suggested (``tile_hint``)."""
+                 bytes_per_pixel: float | None = None, fixed: int = FIXED_OVERHEAD,
+                 margin: float = 1.0) -> MemoryGuard:
+    """Estimate = factor x traced activation peak + fixed overhead + ``extra_bytes``; fits when ``margin`` x
+    estimate is under available - reserve. When it does not fit, the largest tile that would is suggested
+    (``tile_hint``)."""
     if factor is None:
         factor = HOST_FACTORS["torch"] if pool == "host" else GPU_FACTOR
     if available is None:
@@ -100,25 +107,25 @@ def check_memory(trace_peak_bytes: int, *, pool: str = "host", spec: ModelSpec, 
         reserve = host_reserve() if pool == "host" else GPU_RESERVE
     estimate = int(factor * trace_peak_bytes + fixed + extra_bytes)
     usable = available - reserve
-    fits = estimate <= usable
+    fits = margin * estimate <= usable
     tile = None
     if not fits and (trace_at is not None or bytes_per_pixel):
-        tile = suggest_tile(usable - extra_bytes, spec, factor=factor, batch=batch, trace_at=trace_at,
+        tile = suggest_tile(int(usable / margin) - extra_bytes, spec, factor=factor, batch=batch, trace_at=trace_at,
                             bytes_per_pixel=bytes_per_pixel, fixed=fixed)
     return MemoryGuard(pool, estimate, int(available), int(reserve), int(trace_peak_bytes), factor, fits, tile,
-                       int(fixed))
+                       int(fixed), margin)
 
 
 def calibrate_factor(peaks: Sequence[int], traces: Sequence[int], floor: float) -> dict:
-    """Measured-vs-traced bytes from a two-size probe -> (factor, fixed) for the guard, with PROBE_MARGIN.
+    """Measured-vs-traced bytes from a two-size probe -> the straight line (factor, fixed) through both points.
 
     ratio = marginal growth of peak RSS per traced byte between the two sizes (works for attention models whose
-    memory is quadratic in pixels too); fixed = what the larger probe needed beyond ratio x its trace."""
+    memory is quadratic in pixels too), at least ``floor``; fixed = what the larger probe needed beyond ratio x its
+    trace (never negative). No margin here: the estimate is a prediction; the guard adds PROBE_MARGIN."""
     (p1, p2), (t1, t2) = peaks, traces
     ratio = (p2 - p1) / (t2 - t1) if t2 > t1 and p2 > p1 else (p2 / t2 if t2 else floor)
-    fixed = max(0.0, p2 - ratio * t2)
-    return {"ratio": ratio, "factor": max(floor, PROBE_MARGIN * ratio),
-            "fixed_bytes": int(max(FIXED_OVERHEAD, PROBE_MARGIN * fixed)), "peaks": list(peaks),
+    factor = max(floor, ratio)
+    return {"ratio": ratio, "factor": factor, "fixed_bytes": int(max(0.0, p2 - factor * t2)), "peaks": list(peaks),
             "traces": list(traces), "margin": PROBE_MARGIN, "floor": floor}
 
 
@@ -134,13 +141,33 @@ def probe_sizes(spec: ModelSpec) -> list[int]:
     return [spec.valid_size(small), spec.valid_size(large)]
 
 
-def probe_calibration(run_at: Callable[[int], None], spec: ModelSpec, trace_at: Callable[[int], int],
-                      floor: float) -> dict:
-    """Run a fresh backend (``run_at(T)``: one run at T x T) at the probe sizes, PROBE_REPEATS runs each after a
-    warm-up run, and fit the guard's factor against the traced bytes there (``trace_at(T)``)."""
+def heap_factor(heap_peaks: Sequence[int], traces: Sequence[int], heaps: Sequence[int], ratio: float,
+                fixed: float) -> float:
+    """How much more the heap-resident tensors take under glibc's default allocator than their bytes: the default
+    regime's excess over the line (``ratio`` x traced + ``fixed``, measured with the threshold fixed), per
+    heap-resident traced byte, summed over the probe sizes; 1 when nothing was on the heap, at most HEAP_FACTOR_MAX."""
+    excess = sum(max(0.0, p - fixed - ratio * t) for p, t in zip(heap_peaks, traces))
+    resident = sum(ratio * h for h in heaps)
+    return min(HEAP_FACTOR_MAX, 1.0 + excess / resident) if resident > 0 else 1.0
+
+
+HEAP_FACTOR_MAX = 4.0
+
+
+def probe_calibration(measure: Callable[[list[int], int, int], dict], spec: ModelSpec,
+                      trace_at: Callable[[int], MemoryTrace], floor: float, repeats: int = PROBE_REPEATS) -> dict:
+    """``measure(sizes, warm, repeats)`` -> ``{"peaks": [...], "heap_peaks": [...], ...}``
+    (``memory_probe.run_probe``: a fresh process) at the probe sizes; the guard's line fitted against the traced
+    bytes there (``trace_at(T)``) and the heap factor from the default-allocator peaks."""
     sizes = probe_sizes(spec)
     start = time.perf_counter()
-    peaks = probe_peak_rss(run_at, sizes, spec.valid_size(PROBE_WARM), repeats=PROBE_REPEATS)
-    result = calibrate_factor(peaks, [trace_at(s) for s in sizes], floor)
-    result.update(sizes=sizes, seconds=round(time.perf_counter() - start, 2))
+    measured = measure(sizes, spec.valid_size(PROBE_WARM), repeats)
+    traces = [trace_at(s) for s in sizes]
+    result = calibrate_factor(measured["peaks"], [t.peak_bytes for t in traces], floor)
+    heap_peaks = measured.get("heap_peaks", measured["peaks"])
+    result["heap_factor"] = round(heap_factor(heap_peaks, result["traces"], [t.heap_peak_bytes for t in traces],
+                                              result["factor"], result["fixed_bytes"]), 3)
+    result["heap_traces"] = [t.heap_peak_bytes for t in traces]
+    result.update(sizes=sizes, seconds=round(time.perf_counter() - start, 2),
+                  **{k: v for k, v in measured.items() if k != "peaks"})
     return result

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from deploykit.bench.backends import run_once_fn
-from deploykit.bench.memory import FIXED_OVERHEAD, HOST_FACTORS, check_memory
+from deploykit.bench.memory import FIXED_OVERHEAD, HOST_FACTORS, PROBE_MARGIN, check_memory
 from deploykit.bench.plan import BenchSettings, Case, Event, Work
 from deploykit.bench.state import ModelState
 from deploykit.runtime.torch_backend import strict_fp32
@@ -28,11 +28,14 @@ def ensure_reference(case: Case, state: ModelState, feed: dict, settings: BenchS
         return None
     device_is_cuda = str(state.reference.device).startswith("cuda")
     trace = state.trace(work.hw, work.run_batch, "fp32")
-    cal = state.calibrations.get(("torch", "fp32", work.run_batch))
-    guard = check_memory(0 if device_is_cuda else trace.peak_bytes, pool="host", spec=state.spec,
+    cal = state.calibrations.get(("torch", "fp32", work.run_batch, None))  # guard.calibration's key
+    heap = cal.get("heap_factor", 1.0) if cal else 1.0
+    guard = check_memory(0 if device_is_cuda else trace.effective_bytes(heap), pool="host", spec=state.spec,
                          batch=work.run_batch, extra_bytes=2 * work.held_bytes,
                          factor=cal["factor"] if cal else HOST_FACTORS["torch"],
-                         fixed=cal["fixed_bytes"] if cal else FIXED_OVERHEAD, trace_at=state.trace_at(work.run_batch))
+                         fixed=cal["fixed_bytes"] if cal else FIXED_OVERHEAD,
+                         trace_at=state.trace_at(work.run_batch, heap_factor=heap),
+                         margin=PROBE_MARGIN if cal else 1.0)
     if not guard.fits:
         return "the PyTorch FP32 reference " + guard.reason(fmt_wxh(case.hw)).replace("skipped by", "was skipped by")
     start = time.perf_counter()

@@ -165,6 +165,8 @@ def ort_readback(backend) -> dict | None:
             "execution_mode": str(opts.execution_mode).rsplit(".", 1)[-1],
             "enable_cpu_mem_arena": opts.enable_cpu_mem_arena, "enable_mem_pattern": opts.enable_mem_pattern,
             "graph_optimization_level": str(opts.graph_optimization_level).rsplit(".", 1)[-1]}
+    if isinstance(getattr(backend, "arena", None), str):
+        read["cpu_arena"] = backend.arena
     threads = getattr(backend, "threads", None)
     if isinstance(threads, int):
         read["ort_threads_property"] = threads

@@ -23,9 +23,10 @@ What each figure means (also written into every JSON file, ``methods``):
 * **Memory guard**: before a case runs, its working memory is estimated from the peak live activation bytes of
   one PyTorch eager forward at that size, traced on the meta device (no arithmetic; exact for PyTorch's tensors,
   also for attention whose memory grows with (H*W)^2): ``estimate = factor x trace + fixed + 2 x output``. When
-  the coarse bound (factor 2 for PyTorch, 10 for ONNX Runtime) is above a quarter of the usable memory, the
-  factor and fixed bytes are calibrated per (model, backend, precision) from the peak RSS growth measured at
-  64^2 and 128^2 (``memory.probe_calibration``; marginal bytes per traced byte x 1.25). A case whose whole frame
+  the coarse bound (factor 2 for PyTorch, 10 for ONNX Runtime) is above a quarter of the usable memory, or the
+  call is 512^2 or more, the factor, fixed bytes and heap factor are calibrated per (model, backend, precision)
+  from the peak RSS growth measured at 128^2 and 256^2 in fresh processes (``memory_probe``,
+  ``memory.probe_calibration``); the case runs when 1.1 x that estimate fits. A case whose whole frame
   does not fit is tiled automatically (``autotile``: the largest tile whose estimate fits, overlap from the
   receptive field, the tiling's PSNR measured once at 256^2), and skipped only when no tile fits; usable =
   ``MemAvailable`` (cgroup-capped) minus max(1 GiB, 10% of RAM). On CUDA the trace in the run's dtype x 1.5 is

@@ -67,9 +67,10 @@ class ModelState:
         return self._exact_flops[hw], (f"counted at this size (not linear in pixels: {self.flops.linearity_error:.0%} "
                                        f"off at {fmt_wxh(self.flops.check_hw)})")
 
-    def trace_at(self, batch: int, dtype: str = "fp32") -> Callable[[int], int]:
-        """T -> traced peak bytes at T x T (for tile suggestions)."""
-        return lambda tile: self.trace((tile, tile), batch, dtype).peak_bytes
+    def trace_at(self, batch: int, dtype: str = "fp32", heap_factor: float = 1.0) -> Callable[[int], int]:
+        """T -> traced peak bytes at T x T (for tile suggestions), the heap-resident share weighted by
+        ``heap_factor`` (``MemoryTrace.effective_bytes``)."""
+        return lambda tile: self.trace((tile, tile), batch, dtype).effective_bytes(heap_factor)
 
     def trace(self, hw: Size, batch: int, dtype: str = "fp32") -> MemoryTrace:
         """Peak live activation bytes of one eager forward at ``hw`` (meta-device trace, cached)."""

@@ -56,15 +56,14 @@ def peak_rss_measurable() -> bool:
 
 
 def probe_peak_rss(run_at: Callable[[int], None], sizes: Sequence[int], warm: int, repeats: int = 1) -> list[int]:
-    """Peak RSS growth (bytes) over ``repeats`` runs at each size, above the RSS after a warm-up run at ``warm``
-    (thread pools, kernel caches, the first arena region); the peak is reset before each size. ONNX Runtime wants
-    ``repeats=2``: its second run at a new shape takes ~1.6x the first's memory (the arena keeps the first run's
-    blocks while the memory pattern planned from it is allocated), then stays flat."""
+    """Peak RSS growth (bytes) over ``repeats`` runs at each size, each above the RSS just before that size (after a
+    warm-up run at ``warm``: thread pools, kernel caches), as a case measures it; the peak is reset before each
+    size, and a size's growth never counts what an earlier size left allocated."""
     run_at(warm)
-    release_memory()
-    base = status_bytes("VmRSS") or 0
     peaks = []
     for size in sizes:
+        release_memory()
+        base = status_bytes("VmRSS") or 0
         reset_peak_rss()
         for _ in range(repeats):
             run_at(size)

@@ -57,7 +57,7 @@ def test_device_backends_are_guarded_on_the_gpu(state, plenty, monkeypatch):
 
 
 def test_far_below_the_memory_available_the_coarse_bound_is_kept(state, plenty, monkeypatch):
-    monkeypatch.setattr(guard, "make_backend", lambda *a, **k: pytest.fail("no probe is worth running here"))
+    monkeypatch.setattr(guard, "run_probe", lambda *a, **k: pytest.fail("no probe is worth running here"))
     for backend in ("ort", "torch"):
         case, work = _case(state, backend)
         record = new_record(case, 0)
@@ -72,7 +72,7 @@ def test_far_below_the_memory_available_the_coarse_bound_is_kept(state, plenty, 
 def test_calibration_is_per_backend_kind(state, tight, monkeypatch, backend, key):
     cal = {"factor": 1.5, "fixed_bytes": 300 * 2**20, "ratio": 1.2, "sizes": [64, 128], "seconds": 0.0}
     monkeypatch.setitem(state.calibrations, key, cal)
-    monkeypatch.setattr(guard, "make_backend", lambda *a, **k: pytest.fail("the probe ran again"))
+    monkeypatch.setattr(guard, "run_probe", lambda *a, **k: pytest.fail("the probe ran again"))
     case, work = _case(state, backend)
     record = new_record(case, 0)
     verdict = memory_guard(case, state, BenchSettings([(64, 64)], [backend], ["fp32"]), "cpu", work, record, print)
@@ -85,7 +85,7 @@ def test_ort_uses_the_calibrated_factor(state, tight, monkeypatch):
     settings = BenchSettings([(64, 64)], ["ort"], ["fp32"])
     cal = {"factor": 7.5, "fixed_bytes": 300 * 2**20, "ratio": 3.0, "sizes": [48, 96], "seconds": 0.0}
     monkeypatch.setitem(state.calibrations, ("ort", "fp32", 1, "all"), cal)  # probed before: no backend is opened
-    monkeypatch.setattr(guard, "make_backend", lambda *a, **k: pytest.fail("the probe ran again"))
+    monkeypatch.setattr(guard, "run_probe", lambda *a, **k: pytest.fail("the probe ran again"))
     record = new_record(case, 0)
     verdict = memory_guard(case, state, settings, "cpu", work, record, print)
     trace = state.trace((64, 64), 1).peak_bytes
@@ -100,7 +100,8 @@ def test_an_unavailable_probe_backend_is_a_skip(state, tight, monkeypatch):
     def unavailable(*args, **kwargs):
         raise BackendUnavailableError("no onnxruntime here")
 
-    monkeypatch.setattr(guard, "make_backend", unavailable)
+    monkeypatch.setattr(guard, "require_available", unavailable)
+    monkeypatch.setattr(guard, "run_probe", lambda *a, **k: pytest.fail("probed an unavailable backend"))
     events = []
     record = new_record(case, 0)
     settings = BenchSettings([(64, 64)], ["ort"], ["fp16"])

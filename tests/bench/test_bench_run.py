@@ -176,7 +176,7 @@ def test_a_frame_that_does_not_fit_is_tiled_automatically(monkeypatch, tmp_path)
 
     state = ModelState(Target(spec), "cpu")
     held = 2 * 4 * 3 * 192 * 192  # the 96x96 case's output canvas, held twice
-    usable = int(2.0 * state.trace((64, 64), 1).peak_bytes + held + 1)  # 64 fits, 96 does not
+    usable = int(memory.PROBE_MARGIN * (2.0 * state.trace((64, 64), 1).peak_bytes + held)) + 2  # 64 fits, 96 not
     monkeypatch.setattr(memory, "available_memory", lambda: usable + 2**30)
     monkeypatch.setattr(memory, "host_reserve", lambda total=None: 2**30)
     monkeypatch.setattr(memory, "CALIBRATE_ABOVE", 0.0)
