@@ -7,10 +7,15 @@ to the largest freed block (up to 32 MiB), so the tensors of a 128^2-256^2 probe
 fragmentation adds 1.3-2.5x to their bytes (VapSR x4 eager 256^2: 2.45x the traced bytes), while at 512^2 and above
 each full-size tensor is its own mapping (1.2x). Fixed low, the probe sees the large-frame regime at small sizes:
 VapSR 1.39 / 1.22 x traced bytes at 128^2 / 256^2, 1.23x measured at 512^2 under the default. The probe also runs
-the sizes under the default, in another fresh process (``heap_peaks``): the ratio of the two gives the model's heap fragmentation,
-which the guard applies to the tensors under 32 MiB that a large frame still has (``flops.HEAP_MAX_BLOCK``;
+the sizes under the default, in another fresh process (``heap_peaks``): the ratio of the two gives the model's heap
+fragmentation, which the guard applies to the tensors under 32 MiB that a large frame still has (``flops.HEAP_MAX_BLOCK``;
 MIRNet-v2 at 512^2: 137 of 966 MB). The fixed threshold makes the probe's runs slower (page faults); it never
 applies to the benchmark process.
+
+Each size gets a runner of its own (opened, warmed at ``warm``, measured, closed), as each bench case opens its
+own: a session's arena keeps what a smaller size grew, so a second size measured on the same session grows by
+only the difference (MIRNet-v2 ORT at 256^2: 236 MB after a 128^2 run on the same session, 318 MB on a new one,
+1,266 MB at 512^2 = 1.37x traced bytes at both sizes).
 
     python -m deploykit.bench.memory_probe '{"kind": "torch", "model": "vapsr:x4", "sizes": [128, 256], ...}' [default]
 
@@ -66,37 +71,44 @@ def fix_mmap_threshold(value: int = MMAP_THRESHOLD) -> int | None:
 
 
 def probe_in_process(request: ProbeRequest, fixed: bool) -> dict:
-    """Open the runner and measure, with the mmap threshold ``fixed`` (``peaks``: the tensors' own bytes, as large
-    frames take them) or under glibc's default (what small frames take, heap fragmentation included). Call only in
+    """Open a runner per size and measure, with the mmap threshold ``fixed`` (``peaks``: the tensors' own bytes, as
+    large frames take them) or under glibc's default (what small frames take, heap fragmentation included). Call only in
     a process of its own: fixing changes the allocator for good, and one regime's heap or arena would be reused by
     the other (measured: ORT's session arena then shows ~0 growth)."""
     start = time.perf_counter()
     threshold = fix_mmap_threshold() if fixed else None
     from deploykit.runtime.open import open_backend
     from deploykit.runtime.ort import cpu_session_options
-    from deploykit.util.system import probe_peak_rss
+    from deploykit.util.system import probe_peak_rss, release_memory
     from deploykit.zoo.registry import get_spec
     from deploykit.zoo.sample_inputs import random_inputs
 
     spec = get_spec(request.model)
-    if request.kind == "torch":
+    if request.kind not in ("torch", "ort"):
+        raise BenchError(f"the memory probe runs torch or ort, not {request.kind!r}")
+
+    def open_runner():
+        if request.kind == "ort":
+            return open_backend("ort", spec, onnx=request.onnx, precision=request.precision,
+                                threads=request.threads,
+                                session_options=cpu_session_options(request.threads, request.graph, spec.ort_arena))
         import torch
 
         from deploykit.zoo.factory import build_model
 
         if request.threads:
             torch.set_num_threads(request.threads)
-        backend = open_backend("torch", spec, model=build_model(spec)[0], precision=request.precision)
-    elif request.kind == "ort":
-        backend = open_backend("ort", spec, onnx=request.onnx, precision=request.precision, threads=request.threads,
-                               session_options=cpu_session_options(request.threads, request.graph, spec.ort_arena))
-    else:
-        raise BenchError(f"the memory probe runs torch or ort, not {request.kind!r}")
+        return open_backend("torch", spec, model=build_model(spec)[0], precision=request.precision)
 
-    def run_at(size: int) -> None:
-        backend.run(random_inputs(spec, (request.batch, size, size), seed=request.seed))
-
-    peaks = probe_peak_rss(run_at, request.sizes, request.warm, repeats=request.repeats)
+    peaks = []
+    for size in request.sizes:  # a runner per size, as each bench case opens its own (see the module docstring)
+        backend = open_runner()
+        peaks += probe_peak_rss(
+            lambda side, b=backend: b.run(random_inputs(spec, (request.batch, side, side), seed=request.seed)),
+            [size], request.warm, repeats=request.repeats)
+        backend.close()
+        del backend
+        release_memory()
     return {"peaks": peaks, "mmap_threshold": threshold, "process_seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -25,7 +25,7 @@ What each figure means (also written into every JSON file, ``methods``):
   also for attention whose memory grows with (H*W)^2): ``estimate = factor x trace + fixed + 2 x output``. When
   the coarse bound (factor 2 for PyTorch, 10 for ONNX Runtime) is above a quarter of the usable memory, or the
   call is 512^2 or more, the factor, fixed bytes and heap factor are calibrated per (model, backend, precision)
-  from the peak RSS growth measured at 128^2 and 256^2 in fresh processes (``memory_probe``,
+  from the peak RSS growth measured at 128^2 and 256^2 in fresh processes, a runner per size (``memory_probe``,
   ``memory.probe_calibration``); the case runs when 1.1 x that estimate fits. A case whose whole frame
   does not fit is tiled automatically (``autotile``: the largest tile whose estimate fits, overlap from the
   receptive field, the tiling's PSNR measured once at 256^2), and skipped only when no tile fits; usable =
