@@ -24,6 +24,7 @@ class GpuInfo:
     compute_capability: str  # "8.6"
     index: int = 0
     source: str = "torch"
+    free_memory_bytes: int | None = None  # free device memory when queried (the pre-build check's budget)
 
 
 def import_tensorrt():
@@ -55,7 +56,8 @@ def gpu_info(index: int = 0) -> GpuInfo:
 
         if torch.cuda.is_available() and index < torch.cuda.device_count():
             major, minor = torch.cuda.get_device_capability(index)
-            return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}", index, "torch")
+            return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}", index, "torch",
+                           int(torch.cuda.mem_get_info(index)[0]))
     except Exception:  # noqa: BLE001 (a broken CUDA torch is "no GPU via torch")
         pass
     try:
@@ -65,12 +67,24 @@ def gpu_info(index: int = 0) -> GpuInfo:
             err, props = cudart.cudaGetDeviceProperties(index)
             if int(err) == 0:
                 name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-                return GpuInfo(name.rstrip("\x00"), f"{props.major}.{props.minor}", index, "cuda-python")
+                return GpuInfo(name.rstrip("\x00"), f"{props.major}.{props.minor}", index, "cuda-python",
+                               _cudart_free_bytes(cudart, index))
     except Exception:  # noqa: BLE001
         pass
     raise BackendUnavailableError(
         f"no CUDA GPU {index} is visible (torch has no CUDA and cuda-python found none); TensorRT needs an NVIDIA "
         f"GPU with its driver, and {INSTALL_HINT} for the Python packages")
+
+
+def _cudart_free_bytes(cudart, index: int) -> int | None:
+    """Free memory of device ``index`` through cuda-python (None when it cannot be read)."""
+    try:
+        if int(cudart.cudaSetDevice(index)[0]) != 0:
+            return None
+        err, free, _total = cudart.cudaMemGetInfo()
+        return int(free) if int(err) == 0 else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def tensorrt_unavailable_reason(index: int = 0) -> str | None:

@@ -63,7 +63,8 @@ def _trt_build(trt, plan: BuildPlan, workspace_bytes: int | None, opt_level: int
               "optimization_level": opt_level, "workspace_bytes": workspace_bytes, "seconds": round(seconds, 2),
               "timing_cache": {"file": plan.timing_cache.name if plan.timing_cache.parent == plan.export_dir
                                else str(plan.timing_cache), "state": cache_note, "loaded": cache_loaded},
-              "hardware_compatibility": "none", "version_compatible": False}
+              "hardware_compatibility": "none", "version_compatible": False,
+              "prebuild": {**plan.prebuild, "gpu_free_bytes": plan.gpu_free_bytes}}
     if selection is not None:
         record["fp32_layers"] = selection.to_dict()
     return bytes(serialized), record
@@ -207,7 +208,7 @@ def build_engine(export_dir: str | Path, *, precision: str = "fp16", res: str | 
     except Exception:  # noqa: BLE001
         pass
     plan = plan_build(export_dir, manifest, spec, precision=precision, profile=prof, tensorrt_version=trt.__version__,
-                      gpu=gpu, typing=typing, timing_cache=timing_cache)
+                      gpu=gpu, typing=typing, timing_cache=timing_cache, gpu_memory_bytes=gpu.free_memory_bytes)
     _verify_onnx(plan)
 
     with folder_lock(export_dir, "deploykit build"):  # one writer per export folder; engine and entry together

@@ -442,6 +442,7 @@ class BuildPlan:
     engine_file: str
     timing_cache: Path
     prebuild: dict = field(default_factory=dict)  # prebuild_check's figures ({} when the ONNX file is absent)
+    gpu_free_bytes: int | None = None  # the device memory the check held the activations to (None: not read)
 
     @property
     def engine_path(self) -> Path:
@@ -478,7 +479,7 @@ def plan_build(export_dir: str | Path, manifest: dict, spec: ModelSpec, *, preci
     prebuild = prebuild_check(onnx_tensor_sizes(graph), profile, spec, precision=precision,
                               memory_bytes=gpu_memory_bytes) if graph.is_file() else {}
     return BuildPlan(spec, export_dir, manifest, path, onnx, profile, fp32_nodes, identity, identity_key(identity),
-                     engine_file_name(identity), cache, prebuild)
+                     engine_file_name(identity), cache, prebuild, gpu_memory_bytes)
 
 
 def onnx_node_names(path: Path) -> list[str]:

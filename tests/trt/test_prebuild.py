@@ -80,6 +80,28 @@ def test_plan_build_refuses_activations_over_the_gpu_memory(tmp_path):
     assert _plan(tmp_path, manifest, "64,128", gpu_memory_bytes=need * 2).prebuild
 
 
+@pytest.mark.parametrize("free_gib", [None, 0.001])
+def test_build_engine_checks_the_gpus_free_memory_before_the_builder(tmp_path, monkeypatch, free_gib):
+    """``deploykit build`` hands the free device memory gpu_info read to the pre-build check: a profile whose
+    activations do not fit is refused with the figures before TensorRT is touched (the stand-in has no Builder)."""
+    import json
+    import types
+
+    from deploykit.artifacts.manifest import MANIFEST_NAME, new_manifest
+    from deploykit.trt import build as trt_build
+
+    manifest = {**new_manifest(get_spec("vapsr:x4")), **_export(tmp_path, attention_graph())}
+    manifest["export"] = {"static_hw": None, "opset": 17}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    free = None if free_gib is None else int(free_gib * 2**30)
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0"))
+    monkeypatch.setattr(trt_build, "gpu_info", lambda index=0: GpuInfo("Fake", "8.9", index, "torch", free))
+    with pytest.raises(EngineError) as err:
+        trt_build.build_engine(tmp_path, precision="fp32", res="64,128", parity=False)
+    refused = "of activations, more than the GPU's 0.0 GiB; the largest safe square input is" in str(err.value)
+    assert refused == (free is not None), str(err.value)
+
+
 def test_meta_trace_agrees_with_the_onnx_graph_on_vapsr():
     from deploykit.exporting.tensor_sizes import traced_tensor_sizes
 

@@ -143,6 +143,9 @@ def test_manifest_engine_entry_records_the_build(dry):
             k: v for k, v in expected_profile.items() if k != "inputs"}
         assert ".b2_min64x48_opt96x80_max128x112." in entry["file"] and entry["file"].endswith(".engine")
         assert entry["bytes"] == 16 and entry["sha256"] == hashlib.sha256(b"\0" * 16).hexdigest()
+        prebuild = build["prebuild"]  # the pre-build check's figures at the profile's maximum, in the entry
+        assert prebuild["largest_tensor_elements"] <= prebuild["max_elements"] == 2**31 - 1
+        assert prebuild["activation_bytes_estimate"] > 0 and prebuild["gpu_free_bytes"] is None  # dry-run GPU
         if precision == "fp32":
             assert build["path"] == "fp32" and build["cleared_flags"] == ["TF32"]
             assert build["builder_flags"] == [] and build["network_flags"] == []
