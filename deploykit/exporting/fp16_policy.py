@@ -21,11 +21,8 @@ square input side of the nodes left in FP16 (``predicted_safe_side``).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -34,7 +31,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from deploykit.errors import ExportError
-from deploykit.exporting.fp16 import Fp16Record
+from deploykit.exporting.fp16 import Fp16Record, float16_with_fp32_islands
 from deploykit.exporting.fp16_calib import Feed, calibration_set, feed_for
 from deploykit.verify.parity import psnr
 
@@ -123,40 +120,7 @@ def to_fp16(model: onnx.ModelProto, fp32_nodes: Iterable[str]) -> onnx.ModelProt
     """All-FP16 with FP32 graph I/O, except ``fp32_nodes`` and the converter's default op block list."""
     from onnxconverter_common import float16
 
-    src = _split_shared_initializers(onnx.ModelProto.FromString(model.SerializeToString()), set(fp32_nodes))
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            out = float16.convert_float_to_float16(
-                src, keep_io_types=True,
-                op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST), node_block_list=sorted(set(fp32_nodes)))
-    except Exception as exc:
-        raise ExportError(f"FP16 conversion failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
-    del out.graph.value_info[:]  # stale float32 value_info of re-typed tensors (see deploykit.exporting.fp16)
-    return out
-
-
-def _split_shared_initializers(model: onnx.ModelProto, fp32: set[str]) -> onnx.ModelProto:
-    """Give the FP32 nodes their own copy of a float initializer that FP16 nodes read too: the converter types a
-    shared initializer once, leaving the other side with a float/float16 clash (e.g. EDSR's mean, subtracted at
-    the input and added back at the output)."""
-    readers: dict[str, set[bool]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, set()).add(node.name in fp32)
-    shared = {i.name: i for i in model.graph.initializer
-              if i.data_type == TensorProto.FLOAT and readers.get(i.name) == {True, False}}
-    for name, init in shared.items():
-        copy = onnx.TensorProto()
-        copy.CopyFrom(init)
-        copy.name = name + "__fp32"
-        model.graph.initializer.append(copy)
-    for node in model.graph.node:
-        if node.name in fp32:
-            for k, name in enumerate(node.input):
-                if name in shared:
-                    node.input[k] = name + "__fp32"
-    return model
+    return float16_with_fp32_islands(model, op_types=float16.DEFAULT_OP_BLOCK_LIST, node_names=fp32_nodes)
 
 
 def default_fp32_nodes(model: onnx.ModelProto) -> list[str]:

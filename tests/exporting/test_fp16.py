@@ -132,6 +132,31 @@ def test_conversion_keeps_policy_ops_fp32_and_io_float32():
     assert original.graph.initializer[0].data_type == TensorProto.FLOAT  # the input model is not modified
 
 
+def test_an_initializer_read_by_an_island_and_an_fp16_node_is_split():
+    """EDSR's mean is subtracted at the input and added back at the output; with the subtraction kept FP32 by op
+    type, the converter used to type the one initializer for one side only (a float/float16 clash in the file)."""
+    import onnxruntime as ort
+
+    values = np.array([0.4, 0.5, 0.6], np.float32).reshape(1, 3, 1, 1)
+    mean = numpy_helper.from_array(values, "mean")
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["c"], name="centre"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Add", ["r", "mean"], ["y"], name="uncentre")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], [mean])
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    converted, record = convert_to_fp16(original, Fp16Policy(keep_fp32_ops=("Sub",)))
+    onnx.checker.check_model(converted, full_check=True)
+    types = _input_types(converted)
+    by_name = {n.name: n for n in converted.graph.node}
+    assert types[by_name["centre"].input[1]] == TensorProto.FLOAT and record.fp32_nodes == ["centre"]
+    assert types[by_name["uncentre"].input[1]] == TensorProto.FLOAT16
+    x = np.random.default_rng(0).random((1, 3, 4, 4), dtype=np.float32)
+    got = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    assert np.abs(got - (np.maximum(x - values, 0) + values)).max() < 2e-3
+
+
 def test_conversion_without_islands_converts_everything_and_runs_close():
     import onnxruntime as ort
 
