@@ -33,13 +33,17 @@ from deploykit.zoo.spec import ModelSpec
 FLOPS_METHOD = ("torch.utils.flop_counter.FlopCounterMode (conv/matmul FLOPs = 2 x MACs; element-wise ops not "
                 "counted), counted once at a small size on the meta device and scaled linearly by pixel count "
                 "(the networks are fully convolutional)")
+TRAFFIC_METHOD = ("bytes every non-view ATen op of one eager forward reads (its tensor arguments, weights included) "
+                  "and writes (its outputs), on the meta device: an unfused runtime's traffic, each op touching "
+                  "its operands once; a fusing runtime (ONNX Runtime) moves less")
 BASE_SIZE = 64
 LINEAR_TOLERANCE = 0.01  # above this relative deviation at the check size, count at each size instead of scaling
 
 
 @dataclass
 class FlopCount:
-    """FLOPs of one image at ``base_hw`` (H, W) and the per-pixel rate derived from it."""
+    """FLOPs of one image at ``base_hw`` (H, W) and the per-pixel rate derived from it; the memory traffic of an
+    unfused eager forward at both sizes (``traffic_of``), for the roofline."""
 
     model: str
     base_hw: tuple[int, int]
@@ -48,6 +52,19 @@ class FlopCount:
     check_flops: int | None = None
     linearity_error: float | None = None  # |predicted - counted| / counted at check_hw
     method: str = FLOPS_METHOD
+    base_traffic_bytes: int | None = None
+    check_traffic_bytes: int | None = None
+    traffic_method: str = TRAFFIC_METHOD
+
+    def traffic_at(self, height: int, width: int) -> int | None:
+        """Traffic bytes per image at H x W: the line through the two counted sizes (weights are a fixed part)."""
+        if self.base_traffic_bytes is None:
+            return None
+        if self.check_hw is None or self.check_traffic_bytes is None:
+            return round(self.base_traffic_bytes * height * width / (self.base_hw[0] * self.base_hw[1]))
+        p0, p1 = self.base_hw[0] * self.base_hw[1], self.check_hw[0] * self.check_hw[1]
+        slope = (self.check_traffic_bytes - self.base_traffic_bytes) / (p1 - p0)
+        return round(self.base_traffic_bytes + slope * (height * width - p0))
 
     @property
     def linear(self) -> bool:
@@ -85,6 +102,34 @@ def flops_of(module: nn.Module, inputs: list[torch.Tensor]) -> int:
     return int(counter.get_total_flops())
 
 
+class _TrafficBytes(TorchDispatchMode):
+    """Sums the bytes of each non-view op's tensor arguments and outputs (``TRAFFIC_METHOD``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not getattr(func, "is_view", False):
+            tensors = [t for t in tree_flatten((args, kwargs or {}, out))[0] if isinstance(t, torch.Tensor)]
+            self.total += sum(t.numel() * t.element_size() for t in tensors)
+        return out
+
+
+def traffic_of(module: nn.Module, inputs: list[torch.Tensor]) -> int:
+    """Bytes read and written by the ops of one forward of ``module`` on ``inputs`` (see ``TRAFFIC_METHOD``)."""
+    mode = _TrafficBytes()
+    with torch.inference_mode(), mode:
+        module(*inputs)
+    return int(mode.total)
+
+
+def traffic_at(module: nn.Module, spec: ModelSpec, height: int, width: int) -> int:
+    """Traffic bytes of one image at exactly H x W; ``module`` a meta copy (:func:`meta_copy`)."""
+    return traffic_of(module, _meta_inputs(spec, 1, height, width))
+
+
 def flops_at(module: nn.Module, spec: ModelSpec, height: int, width: int, *, meta: bool = True) -> int:
     """FLOPs of one image at exactly H x W (for models whose cost is not linear in the pixel count, e.g. global
     attention); ``module`` should already be a meta copy when ``meta`` (see :func:`meta_copy`)."""
@@ -105,14 +150,16 @@ def count_flops(module: nn.Module, spec: ModelSpec, *, base: int = BASE_SIZE, ch
     h = spec.valid_size(base)
     base_hw = (h, h)
     check_hw = (spec.valid_size(base + base // 2), spec.valid_size(2 * base))  # non-square on purpose
+    traffic: list[int | None] = [None, None]
     try:
         meta = meta_copy(module)
         counted = _run_flops(meta, spec, base_hw, True)
         other = _run_flops(meta, spec, check_hw, True) if check else None
+        traffic = [traffic_at(meta, spec, *base_hw), traffic_at(meta, spec, *check_hw) if check else None]
     except Exception:  # noqa: BLE001 (an op without a meta kernel: count for real, still at a small size)
         counted = _run_flops(module, spec, base_hw, False)
         other = _run_flops(module, spec, check_hw, False) if check else None
-    result = FlopCount(spec.name, base_hw, counted)
+    result = FlopCount(spec.name, base_hw, counted, base_traffic_bytes=traffic[0], check_traffic_bytes=traffic[1])
     if other is not None:
         predicted = result.at(*check_hw)
         result.check_hw, result.check_flops = check_hw, other

@@ -39,6 +39,7 @@ def gemm_probe(device: str = "cpu", *, n: int = GEMM_N, repeats: int = GEMM_REPE
     for name in dtypes:
         out[name] = _gemm_rate(device, torch.float16 if name == "fp16" else torch.float32, n, repeats)
     if not on_cuda:
+        out["bandwidth"] = bandwidth_probe(repeats)
         kernels = {"mkl_sgemm": out["fp32"]["gflops_best"], **cpu_kernel_rates(n, repeats)}
         best = max(kernels, key=kernels.get)
         out["fp32"].update(sgemm_gflops_best=out["fp32"]["gflops_best"], gflops_best=kernels[best],
@@ -48,6 +49,31 @@ def gemm_probe(device: str = "cpu", *, n: int = GEMM_N, repeats: int = GEMM_REPE
                          "{n}^3 and the same Conv in an InferenceSession at the same threads); best of "
                          f"{repeats} after one warm-up each").format(n=n)
     return out
+
+
+BANDWIDTH_ELEMENTS = 32 * 2**20  # 128 MiB float32 arrays: far past the last-level cache (32 MiB per CCD here)
+
+
+def bandwidth_probe(repeats: int = GEMM_REPEATS, n: int = BANDWIDTH_ELEMENTS) -> dict:
+    """Memory bandwidth at torch's current threads, STREAM-style: ``torch.add(a, b, out=c)`` (12 bytes per
+    element) and ``c.copy_(a)`` (8) on n floats, bytes as the kernels name them (no write-allocate), best of
+    ``repeats`` after one warm-up each -- the roof for the memory-bound records."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(n, generator=gen), torch.rand(n, generator=gen)
+    c = torch.empty(n)
+    rates = {"add": 12.0 * n / _best_seconds(lambda: torch.add(a, b, out=c), repeats) / 1e9,
+             "copy": 8.0 * n / _best_seconds(lambda: c.copy_(a), repeats) / 1e9}
+    best = max(rates, key=rates.get)
+    return {"gbps_best": rates[best], "kernels_gbps": rates, "best_kernel": best, "elements": n,
+            "torch_threads": torch.get_num_threads(),
+            "method": f"torch.add(a, b, out=c) (12 B/element) and c.copy_(a) (8 B/element) on {n} float32, best of "
+                      f"{repeats} after one warm-up each (STREAM's byte counts: no write-allocate)"}
+
+
+def peak_bandwidth(probes: list[dict]) -> float | None:
+    """The best memory bandwidth (GB/s) of the run's CPU probes."""
+    rates = [p["bandwidth"]["gbps_best"] for p in probes if p and "bandwidth" in p]
+    return max(rates) if rates else None
 
 
 def _best_seconds(call, repeats: int) -> float:
@@ -214,5 +240,25 @@ def judge_records(records, probes: list[dict]) -> None:
         if r.cpu_seconds and r.clock_runs and cpu_peak and not str(device).startswith("cuda"):
             flops_per_run = r.tflops * 1e12 * r.latency_ms["median"] / 1e3
             r.cpu_peak_fraction = flops_per_run * r.clock_runs / r.cpu_seconds / 1e9 / cpu_peak
+        roofline(r, peak_bandwidth(probes) if not str(device).startswith("cuda") else None)
         r.suspect_reasons = judge(r.peak_fraction, r.cpu_per_wall, threads_used(r.threads or {}), device)
         r.suspect = bool(r.suspect_reasons)
+
+
+def roofline(record, bandwidth_gbps: float | None) -> None:
+    """The record against the roofline ``min(GEMM peak, intensity x bandwidth)``, intensity = FLOPs / traffic
+    bytes (``flops.TRAFFIC_METHOD``): ``bound`` says which roof is lower, ``roofline_fraction`` how close the run
+    came to it. For an unfused runtime it is at most ~1; a fusing one moves fewer bytes than counted and may pass
+    1 on a memory-bound model (its fusions are then what the figure shows)."""
+    traffic = record.traffic_bytes_per_image
+    if not (traffic and bandwidth_gbps and record.peak_gflops and record.tflops):
+        return
+    images = record.batch if not record.tile else 1
+    achieved_gflops = record.tflops * 1e3
+    intensity = record.flops_per_image / traffic
+    roof = min(record.peak_gflops, intensity * bandwidth_gbps)
+    record.roofline = {
+        "arithmetic_intensity": intensity, "peak_bandwidth_gbps": bandwidth_gbps,
+        "bandwidth_gbps": traffic * images / (record.latency_ms["median"] / 1e3) / 1e9,
+        "roof_gflops": roof, "bound": "memory" if roof < record.peak_gflops else "compute",
+        "roofline_fraction": achieved_gflops / roof}

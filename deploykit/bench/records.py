@@ -58,6 +58,11 @@ METHODS = {
     "cpu_peak_fraction": "FLOPs per process CPU-second over the runs under the clock / the GEMM probe's FLOPs per "
                          "CPU-second (CPU only): the kernel efficiency while the threads had a CPU, comparable "
                          "across runs on a shared machine where the wall-clock fraction is not",
+    "roofline": "traffic_bytes_per_image = bytes every non-view ATen op of one eager forward reads and writes "
+                "(meta device; a fusing runtime moves less); intensity = flops_per_image / traffic; roof = min("
+                "the GEMM probe, intensity x the same run's memory bandwidth probe: torch.add / copy_ on 128 MiB "
+                "arrays, STREAM byte counts, best of 5); bound = the lower roof; roofline_fraction = achieved "
+                "GFLOP/s / roof",
     "cpu_per_wall": "process CPU time (time.process_time, all threads) / wall time over the warm-up and timed "
                     "runs; a one-thread run shows ~1.0. Above 1.25 x the threads read back: suspect",
     "memory": "host: peak RSS (VmHWM, reset via /proc/self/clear_refs) over the case's runs minus RSS before the "
@@ -146,6 +151,8 @@ class BenchRecord:
     suspect: bool = False
     suspect_reasons: list = field(default_factory=list)
     session_options: dict | None = None  # ONNX Runtime: the session settings this case ran with
+    traffic_bytes_per_image: int | None = None  # unfused eager traffic (flops.TRAFFIC_METHOD), tiles included
+    roofline: dict | None = None  # probe.roofline: intensity, bandwidth, the lower roof and the fraction of it
 
     @property
     def input_wxh(self) -> str:

@@ -36,6 +36,7 @@ CSV_COLUMNS = (
     "loadavg_1m_start", "loadavg_1m_end", "latency_includes", "artifact", "auto_tile", "tile_check_psnr_db",
     "mem_estimate_method", "threads_torch", "threads_ort_intra", "threads_ort_inter", "cpu_per_wall",
     "peak_gflops", "peak_fraction", "cpu_peak_fraction", "suspect", "suspect_reasons",
+    "traffic_bytes_per_image", "arithmetic_intensity", "bound", "roof_gflops", "roofline_fraction",
 )
 
 
@@ -143,6 +144,9 @@ def flat_row(record: dict) -> dict:
         "peak_gflops": record.get("peak_gflops"), "peak_fraction": record.get("peak_fraction"),
         "cpu_peak_fraction": record.get("cpu_peak_fraction"),
         "suspect": record.get("suspect"), "suspect_reasons": "; ".join(record.get("suspect_reasons") or []),
+        "traffic_bytes_per_image": record.get("traffic_bytes_per_image"),
+        **{k: (record.get("roofline") or {}).get(k)
+           for k in ("arithmetic_intensity", "bound", "roof_gflops", "roofline_fraction")},
     }
     return row
 
@@ -248,7 +252,11 @@ def probe_sentence(data: dict) -> str:
         if rates:
             parts.append(f"{dtype.upper()} {', '.join(rates)}")
     threads = (probe.get("before") or {}).get("torch_threads")
-    return f"Same-run GEMM probe (torch.mm 2048³, {threads} thread(s)): {'; '.join(parts)}. "
+    bandwidth = [f"{probe[k]['bandwidth']['gbps_best']:.1f} GB/s {k}" for k in ("before", "after")
+                 if "bandwidth" in (probe.get(k) or {})]
+    return (f"Same-run GEMM probe (torch.mm 2048³, {threads} thread(s)): {'; '.join(parts)}. "
+            + (f"Memory bandwidth probe (torch.add / copy_ on 128 MiB arrays): {', '.join(bandwidth)}. "
+               if bandwidth else ""))
 
 
 # --- plot -----------------------------------------------------------------------------------------------------------
@@ -433,6 +441,13 @@ def summary_text(data: dict) -> str:
             ratio = f", peak RSS Δ ORT/eager {mem[0] / mem[1]:.2f}" if all(mem) else ""
             lines.append(f"* {model} {fmt_wxh(hw)}: ORT {t['latency_ms']['median'] / o['latency_ms']['median']:.2f}x "
                          f"eager's speed{ratio}")
+    memory_bound = [r for r in ok if (r.get("roofline") or {}).get("bound") == "memory"]
+    for r in sorted(memory_bound, key=lambda r: (r["model"], r["input_hw"], r["runtime"])):
+        roof = r["roofline"]
+        lines.append(f"* {r['model']} {r['runtime']} {fmt_wxh(r['input_hw'])}: memory-bound (intensity "
+                     f"{roof['arithmetic_intensity']:.1f} FLOP/B, roof {roof['roof_gflops']:.0f} GFLOP/s at "
+                     f"{roof['peak_bandwidth_gbps']:.1f} GB/s): {roof['roofline_fraction']:.2f} of its roofline, "
+                     f"{roof['bandwidth_gbps']:.1f} GB/s of unfused-eager traffic")
     worst = [r["parity"] for r in ok if (r.get("parity") or {}).get("checked")]
     if worst:
         lines.append(f"* FP32 parity: max abs <= {max(p['max_abs'] for p in worst):.1e}, PSNR >= "

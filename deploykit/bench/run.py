@@ -227,8 +227,11 @@ def plan_work(case: Case, state: ModelState, settings: BenchSettings, record: Be
         tile_flops, record.flops_method = state.flops_at(work.hw)
         record.flops_per_image = tile_flops * plan.count
         record.flops_method += f"; {plan.count} tiles incl. overlap"
+        traffic = state.traffic_at(work.hw)
+        record.traffic_bytes_per_image = traffic * plan.count if traffic else None
     else:
         record.flops_per_image, record.flops_method = state.flops_at((h, w))
+        record.traffic_bytes_per_image = state.traffic_at((h, w))
     out_h, out_w = record.output_hw
     work.held_bytes = 4 * spec.out_channels * out_h * out_w * work.images  # output kept for parity / tile canvas
     return work

@@ -18,6 +18,7 @@ from deploykit.bench.flops import (
     flops_at,
     meta_copy,
     trace_peak_bytes,
+    traffic_at,
 )
 from deploykit.bench.sources import Target
 from deploykit.runtime.torch_backend import TorchBackend
@@ -44,6 +45,7 @@ class ModelState:
         self.flops = count_flops(self.module, self.spec)
         self.meta = meta_copy(self.module)
         self._exact_flops: dict[Size, int] = {}
+        self._exact_traffic: dict[Size, int] = {}
         self.onnx: dict[str, tuple] = {}  # precision -> sources.onnx_for(...)
         self.ref_outputs: dict[tuple, np.ndarray] = {}  # (hw, batch) -> reference output, current size only
         self._traces: dict[tuple, MemoryTrace] = {}
@@ -66,6 +68,15 @@ class ModelState:
             self._exact_flops[hw] = flops_at(self.meta, self.spec, *hw)
         return self._exact_flops[hw], (f"counted at this size (not linear in pixels: {self.flops.linearity_error:.0%} "
                                        f"off at {fmt_wxh(self.flops.check_hw)})")
+
+    def traffic_at(self, hw: Size) -> int | None:
+        """Unfused eager traffic bytes per image at hw (``flops.TRAFFIC_METHOD``): the counted line, or counted at
+        hw when the FLOPs are not linear (attention)."""
+        if self.flops.linear:
+            return self.flops.traffic_at(*hw)
+        if hw not in self._exact_traffic:
+            self._exact_traffic[hw] = traffic_at(self.meta, self.spec, *hw)
+        return self._exact_traffic[hw]
 
     def trace_at(self, batch: int, dtype: str = "fp32", heap_factor: float = 1.0) -> Callable[[int], int]:
         """T -> traced peak bytes at T x T (for tile suggestions), the heap-resident share weighted by

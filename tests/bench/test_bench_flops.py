@@ -38,6 +38,22 @@ def test_flops_of_zoo_model_is_linear_in_pixels():
     assert count.flops_per_pixel > 0 and count.linearity_error < 1e-3
 
 
+def test_traffic_counts_each_op_operands_once_and_views_not_at_all():
+    """conv (input, weight, bias read; output written) -> flatten (a view: nothing) -> relu (read, write)."""
+    from deploykit.bench.flops import traffic_of
+
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    model = nn.Sequential(conv, nn.Flatten(), nn.ReLU()).to("meta")
+    h, w = 16, 20
+    fmap = 8 * h * w * 4
+    conv_bytes = 3 * h * w * 4 + conv.weight.numel() * 4 + 8 * 4 + fmap
+    assert traffic_of(model, [torch.empty(1, 3, h, w, device="meta")]) == conv_bytes + 2 * fmap
+    spec = SimpleNamespace(name="conv", inputs=[SimpleNamespace(name="image", channels=3)], valid_size=lambda s: s)
+    count = count_flops(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), spec, base=16)
+    weights = (8 * 3 * 9 + 8) * 4  # read once whatever the size: the line's fixed part
+    assert count.traffic_at(100, 60) == weights + (3 + 8 + 8 + 8) * 4 * 100 * 60
+
+
 def test_trace_peak_bytes_of_a_conv():
     conv = nn.Conv2d(3, 16, 3, padding=1)
     spec = SimpleNamespace(inputs=[SimpleNamespace(name="image", channels=3)])

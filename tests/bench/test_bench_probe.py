@@ -80,6 +80,31 @@ def test_judge_records_divides_by_the_best_probe_and_flags_the_impossible():
     assert peak_gflops(probes, "fp16", "cuda:0") is None  # never against a CPU probe
 
 
+def test_the_roofline_takes_the_lower_roof():
+    """90 GFLOP/s peak, 20 GB/s: a model at 2 FLOP/B is memory-bound (roof 40 GFLOP/s), one at 50 FLOP/B is not."""
+    probes = [{"device": "cpu", "fp32": {"gflops_best": 90.0}, "bandwidth": {"gbps_best": 20.0}},
+              {"device": "cpu", "fp32": {"gflops_best": 80.0}, "bandwidth": {"gbps_best": 15.0}}]
+    latency = {"median": 1000.0}  # 1 s per run
+    thin = _record(tflops=0.02, flops_per_image=int(20e9), traffic_bytes_per_image=int(10e9), latency_ms=latency)
+    dense = _record(tflops=0.045, flops_per_image=int(45e9), traffic_bytes_per_image=int(0.9e9), latency_ms=latency)
+    unknown = _record(tflops=0.045, flops_per_image=int(45e9), latency_ms=latency)  # no traffic count
+    judge_records([thin, dense, unknown], probes)
+    assert thin.roofline["bound"] == "memory" and thin.roofline["roof_gflops"] == pytest.approx(40.0)
+    assert thin.roofline["roofline_fraction"] == pytest.approx(0.5)  # 20 GFLOP/s of 40
+    assert thin.roofline["bandwidth_gbps"] == pytest.approx(10.0) and thin.roofline["peak_bandwidth_gbps"] == 20.0
+    assert dense.roofline["bound"] == "compute" and dense.roofline["roof_gflops"] == pytest.approx(90.0)
+    assert dense.roofline["roofline_fraction"] == pytest.approx(0.5) == dense.peak_fraction
+    assert unknown.roofline is None
+
+
+def test_bandwidth_probe_names_its_kernels():
+    result = probe.bandwidth_probe(repeats=2, n=2**20)
+    assert set(result["kernels_gbps"]) == {"add", "copy"} and min(result["kernels_gbps"].values()) > 0
+    assert result["gbps_best"] == max(result["kernels_gbps"].values())
+    assert result["gbps_best"] == result["kernels_gbps"][result["best_kernel"]]
+    assert gemm_probe("cpu", n=64, repeats=1)["bandwidth"]["elements"] == probe.BANDWIDTH_ELEMENTS
+
+
 def test_ort_readback_reads_the_session_not_the_request(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
