@@ -70,3 +70,21 @@ def test_write_plot_writes_nothing_when_nothing_ran(tmp_path):
     data = {**_data(), "records": [_data()["records"][-1]]}
     assert write_plot(data, tmp_path / "p.png") is None and not (tmp_path / "p.png").exists()
     assert report.load(write_all(data, tmp_path, "none")["json"])["records"][0]["status"] == "skipped"
+
+
+def test_summary_lists_records_near_the_roofline_ridge():
+    """Balance 100 / 20 = 5 FLOP/B: a record at 6.7 FLOP/B (under 2 x 5) is listed with its bandwidth, one at 58 is
+    not."""
+    from deploykit.bench.report import summary_text
+
+    def rec(model, intensity):
+        roof = {"arithmetic_intensity": intensity, "peak_bandwidth_gbps": 20.0, "bandwidth_gbps": 4.8,
+                "roof_gflops": 100.0, "bound": "compute", "roofline_fraction": 0.32}
+        return {"status": "ok", "model": model, "runtime": "ort-cpu", "input_hw": [256, 256], "batch": 1,
+                "peak_gflops": 100.0, "peak_fraction": 0.32, "cpu_per_wall": 1.0, "roofline": roof,
+                "latency_ms": {"median": 1.0}, "memory": {}}
+
+    text = summary_text({"records": [rec("vapsr:x4", 6.7), rec("edsr:m_x4", 58.0)]})
+    assert ("* vapsr:x4 ort-cpu 256x256: compute-bound by the roofline (6.7 FLOP/B of unfused traffic, the "
+            "machine's balance 5.0): 0.32 of its roof, 4.8 of 20.0 GB/s") in text
+    assert "edsr:m_x4 ort-cpu" not in text
