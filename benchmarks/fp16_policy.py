@@ -12,7 +12,8 @@ Per model (the default variant of each family; all random-init (seed 0) except `
    between them) and deploykit's FP16-storage emulation (every FP16 tensor rounded; ``fp16_policy.emulate``);
    NaN/Inf at 2048²: *predicted* from the growth fit over the nested crops (``predicted_overflow``: nodes whose
    stored value or running sum passes 65504), and *run* at 256² (ORT file and emulation; 2048² itself is out
-   of reach on this CPU for most models).
+   of reach on this CPU for most models; PANet and PA-EDSR at their 112² tile limit: their (H·W)² attention
+   asks ONNX Runtime for a 56 GB buffer at 256²).
 
 ModelOpt: ``python -m modelopt.onnx.autocast --low_precision_type fp16 --keep_io_types --calibration_data``
 (the first calibration crop), run by --modelopt-python (default /tmp/venv-modelopt/bin/python; install with
@@ -128,7 +129,7 @@ def run_model(name: str, tmp: Path, modelopt_python: str) -> dict:
     refs_h = [fp._run_all(ref, f)["output"] for f in held]
     peak = spec.value_range[1] - spec.value_range[0]
     stats = fp.measure(fp32, growth, 2048)
-    big = fp.pad_feed(spec, feeds[0], spec.valid_size(RUN_SIDE))
+    big = fp.pad_feed(spec, feeds[0], spec.valid_size(min(RUN_SIDE, spec.tile or RUN_SIDE)))  # PANet: 112
     row = {"model": name, "weights": weights.name if weights else "random-init (seed 0)", "calibration": what,
            "held_out": f"{len(held)} crops of {held_side}x{held_side}, bottom half of {PHOTO.name}",
            "compute_nodes": len(fp.compute_nodes(fp32)), "export_seconds": round(time.perf_counter() - t0, 1),
@@ -199,6 +200,7 @@ def main() -> None:
                 data["rows"][name] = run_model(name, Path(tmp), args.modelopt_python)
             except Exception as exc:  # record and go on: one model's failure must not lose the others
                 data["rows"][name] = {"model": name, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+            data["rows"][name]["run"] = {"command": data["command"], "date": data["date"]}  # rows merge over runs
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1) + "\n")
     print(table(data))
@@ -214,7 +216,7 @@ def _fmt(p: dict | None, key: str) -> str:
 
 def table(data: dict) -> str:
     lines = ["| model | weights | policy | FP32 nodes | calib PSNR ORT / emul. | held-out PSNR ORT / emul. | "
-             "overflow @2048² (predicted) | NaN/Inf @256² ORT / emul. |", "|---|---|---|---|---|---|---|---|"]
+             "overflow @2048² (predicted) | NaN/Inf run at 256² (PANet: its 112² tile limit) ORT / emul. |", "|---|---|---|---|---|---|---|---|"]
     for name, row in data["rows"].items():
         if "error" in row:
             lines.append(f"| {name} | | error: {row['error'][:120]} | | | | | |")
@@ -224,11 +226,11 @@ def table(data: dict) -> str:
             if p is None or "failed" in p:
                 lines.append(f"| {name} | {row['weights']} | {key} | failed | | | | |")
                 continue
-            run = next(v for k, v in p.items() if k.startswith("run_"))
+            side, run = next((k[4:], v) for k, v in p.items() if k.startswith("run_"))
             lines.append(f"| {name} | {row['weights']} | {key} | {p['fp32_nodes']} / {row['compute_nodes']} | "
                          f"{_fmt(p, 'calib_psnr')} | {_fmt(p, 'held_psnr')} | "
                          f"{p['predicted_overflow_2048']['count']} | {run.get('ort_nonfinite')} / "
-                         f"{run['emulated_nonfinite']} |")
+                         f"{run['emulated_nonfinite']} ({side}²) |")
     return "\n".join(lines)
 
 
