@@ -21,7 +21,8 @@ ModelOpt: ``python -m modelopt.onnx.autocast --low_precision_type fp16 --keep_io
 
 Usage::
 
-    python3 benchmarks/fp16_policy.py [MODEL ...] [--out DIR] [--table]
+    python3 benchmarks/fp16_policy.py [MODEL ...] [--out DIR] [--table] [--run-side N]
+    python3 benchmarks/fp16_policy.py --update benchmarks/README.md      # its tables, from the committed JSON
 
 Each model's row is merged into ``benchmarks/results/<cpu slug>/fp16_policy.json`` as soon as it is done;
 ``--table`` prints the markdown table of that JSON.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -112,7 +114,7 @@ def finite_at(model16, fp32, kept, feed, watch) -> dict:
     return res
 
 
-def run_model(name: str, tmp: Path, modelopt_python: str) -> dict:
+def run_model(name: str, tmp: Path, modelopt_python: str, run_side: int = RUN_SIDE) -> dict:
     spec = get_spec(name)
     weights = VAPSR_X4 if name == "vapsr:x4" and VAPSR_X4.exists() else None
     heavy = spec.family in HEAVY
@@ -129,7 +131,7 @@ def run_model(name: str, tmp: Path, modelopt_python: str) -> dict:
     refs_h = [fp._run_all(ref, f)["output"] for f in held]
     peak = spec.value_range[1] - spec.value_range[0]
     stats = fp.measure(fp32, growth, 2048)
-    big = fp.pad_feed(spec, feeds[0], spec.valid_size(min(RUN_SIDE, spec.tile or RUN_SIDE)))  # PANet: 112
+    big = fp.pad_feed(spec, feeds[0], spec.valid_size(min(run_side, spec.tile or run_side)))  # PANet: 112
     row = {"model": name, "weights": weights.name if weights else "random-init (seed 0)", "calibration": what,
            "held_out": f"{len(held)} crops of {held_side}x{held_side}, bottom half of {PHOTO.name}",
            "compute_nodes": len(fp.compute_nodes(fp32)), "export_seconds": round(time.perf_counter() - t0, 1),
@@ -183,13 +185,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / cpu_slug())
     ap.add_argument("--modelopt-python", default="/tmp/venv-modelopt/bin/python")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--update", type=Path, metavar="FILE.md",
+                    help="regenerate FILE.md's fp16-policy-table blocks from the JSON they name")
+    ap.add_argument("--run-side", type=int, default=RUN_SIDE,
+                    help="side of the NaN/Inf run, capped at the model's tile limit (PA-EDSR at 112 took over 21 GB)")
     args = ap.parse_args()
     path = args.out / "fp16_policy.json"
     data = json.loads(path.read_text()) if path.exists() else {"rows": {}}
     if args.table:
         print(table(data))
         return
-    data.update({"command": "python3 benchmarks/fp16_policy.py " + " ".join(args.models),
+    if args.update:
+        args.update.write_text(render_blocks(args.update.read_text()))
+        print(f"updated {args.update}")
+        return
+    data.update({"command": "python3 benchmarks/fp16_policy.py " + " ".join(args.models)
+                 + (f" --run-side {args.run_side}" if args.run_side != RUN_SIDE else ""),
                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "cpu": cpu_identity(), "threads": cpu_count(), "versions": tool_versions(),
                  "note": "accuracy figures only (no timings); PSNR vs the FP32 ONNX graph on the same input"})
@@ -197,13 +208,23 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{name} ...", flush=True)
             try:
-                data["rows"][name] = run_model(name, Path(tmp), args.modelopt_python)
+                data["rows"][name] = run_model(name, Path(tmp), args.modelopt_python, args.run_side)
             except Exception as exc:  # record and go on: one model's failure must not lose the others
                 data["rows"][name] = {"model": name, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
             data["rows"][name]["run"] = {"command": data["command"], "date": data["date"]}  # rows merge over runs
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1) + "\n")
     print(table(data))
+
+
+TABLE_BLOCK = re.compile(r"<!-- fp16-policy-table: (?P<json>\S+) -->\n(?P<body>.*?)<!-- /fp16-policy-table -->", re.S)
+
+
+def render_blocks(text: str) -> str:
+    """``text`` with each ``<!-- fp16-policy-table: FILE.json -->`` block regenerated (paths from the repo root)."""
+    return TABLE_BLOCK.sub(lambda m: f"<!-- fp16-policy-table: {m['json']} -->\n"
+                                     f"{table(json.loads((ROOT / m['json']).read_text()))}\n"
+                                     "<!-- /fp16-policy-table -->", text)
 
 
 def _fmt(p: dict | None, key: str) -> str:
@@ -216,7 +237,8 @@ def _fmt(p: dict | None, key: str) -> str:
 
 def table(data: dict) -> str:
     lines = ["| model | weights | policy | FP32 nodes | calib PSNR ORT / emul. | held-out PSNR ORT / emul. | "
-             "overflow @2048² (predicted) | NaN/Inf run at 256² (PANet: its 112² tile limit) ORT / emul. |", "|---|---|---|---|---|---|---|---|"]
+             "overflow @2048² (predicted) | NaN/Inf run ORT / emul. (side: 256², PANet/PA-EDSR smaller) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in data["rows"].items():
         if "error" in row:
             lines.append(f"| {name} | | error: {row['error'][:120]} | | | | | |")
