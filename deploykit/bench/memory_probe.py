@@ -8,8 +8,8 @@ fragmentation adds 1.3-2.5x to their bytes (VapSR x4 eager 256^2: 2.45x the trac
 each full-size tensor is its own mapping (1.2x). Fixed low, the probe sees the large-frame regime at small sizes:
 VapSR 1.39 / 1.22 x traced bytes at 128^2 / 256^2, 1.23x measured at 512^2 under the default. The probe also runs
 the sizes under the default, in another fresh process (``heap_peaks``): the ratio of the two gives the model's heap
-fragmentation, which the guard applies to the tensors under 32 MiB that a large frame still has (``flops.HEAP_MAX_BLOCK``;
-MIRNet-v2 at 512^2: 137 of 966 MB). The fixed threshold makes the probe's runs slower (page faults); it never
+fragmentation, which the guard applies to the tensors under 32 MiB that a large frame still has
+(``flops.HEAP_MAX_BLOCK``; MIRNet-v2 at 512^2: 137 of 966 MB). The fixed threshold makes the probe's runs slower (page faults); it never
 applies to the benchmark process.
 
 Each size gets a runner of its own (opened, warmed at ``warm``, measured, closed), as each bench case opens its
