@@ -22,7 +22,7 @@ ModelOpt: ``python -m modelopt.onnx.autocast --low_precision_type fp16 --keep_io
 Usage::
 
     python3 benchmarks/fp16_policy.py [MODEL ...] [--out DIR] [--table] [--run-side N]
-    python3 benchmarks/fp16_policy.py --update benchmarks/README.md      # its tables, from the committed JSON
+    python3 benchmarks/fp16_policy.py --update benchmarks/fp16_policy.md   # its tables, from the committed JSON
 
 Each model's row is merged into ``benchmarks/results/<cpu slug>/fp16_policy.json`` as soon as it is done;
 ``--table`` prints the markdown table of that JSON.

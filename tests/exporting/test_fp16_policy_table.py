@@ -1,7 +1,7 @@
-"""The FP16 policy comparison tables in benchmarks/README.md are generated from the committed JSON: a block
+"""The FP16 policy comparison tables in benchmarks/fp16_policy.md are generated from the committed JSON: a block
 ``<!-- fp16-policy-table: FILE.json -->`` … ``<!-- /fp16-policy-table -->`` must equal what
 ``benchmarks/fp16_policy.py --table`` renders from that file (regenerate: ``python3 benchmarks/fp16_policy.py
---update benchmarks/README.md``)."""
+--update benchmarks/fp16_policy.md``)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ def _script():
 
 
 def test_committed_fp16_tables_match_their_json():
-    text = (ROOT / "benchmarks" / "README.md").read_text()
-    assert list(BLOCK.finditer(text)), "benchmarks/README.md should embed fp16-policy-table blocks"
-    assert _script().render_blocks(text) == text, "run python3 benchmarks/fp16_policy.py --update benchmarks/README.md"
+    text = (ROOT / "benchmarks" / "fp16_policy.md").read_text()
+    assert list(BLOCK.finditer(text)), "benchmarks/fp16_policy.md should embed fp16-policy-table blocks"
+    assert _script().render_blocks(text) == text, "run python3 benchmarks/fp16_policy.py --update benchmarks/fp16_policy.md"
 
 
 def test_a_stale_table_is_told_apart():
     script = _script()
-    text = (ROOT / "benchmarks" / "README.md").read_text()
+    text = (ROOT / "benchmarks" / "fp16_policy.md").read_text()
     stale = text.replace("| spec |", "| hand |", 1)
     assert stale != text and script.render_blocks(stale) == text
 
@@ -39,7 +39,7 @@ def test_the_tables_have_a_row_for_every_default_model():
     from deploykit.zoo.registry import families, get_spec
 
     rows = {}
-    for m in BLOCK.finditer((ROOT / "benchmarks" / "README.md").read_text()):
+    for m in BLOCK.finditer((ROOT / "benchmarks" / "fp16_policy.md").read_text()):
         rows.update(json.loads((ROOT / m["json"]).read_text())["rows"])
     assert {get_spec(name).family for name in rows} == set(families())
     for name, row in rows.items():
