@@ -24,7 +24,6 @@ class GpuInfo:
     compute_capability: str  # "8.6"
     index: int = 0
     source: str = "torch"
-    free_memory_bytes: int | None = None  # free device memory when queried (the pre-build check's budget)
 
 
 def import_tensorrt():
@@ -56,8 +55,7 @@ def gpu_info(index: int = 0) -> GpuInfo:
 
         if torch.cuda.is_available() and index < torch.cuda.device_count():
             major, minor = torch.cuda.get_device_capability(index)
-            return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}", index, "torch",
-                           int(torch.cuda.mem_get_info(index)[0]))
+            return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}", index, "torch")
     except Exception:  # noqa: BLE001 (a broken CUDA torch is "no GPU via torch")
         pass
     try:
@@ -67,8 +65,7 @@ def gpu_info(index: int = 0) -> GpuInfo:
             err, props = cudart.cudaGetDeviceProperties(index)
             if int(err) == 0:
                 name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-                return GpuInfo(name.rstrip("\x00"), f"{props.major}.{props.minor}", index, "cuda-python",
-                               _cudart_free_bytes(cudart, index))
+                return GpuInfo(name.rstrip("\x00"), f"{props.major}.{props.minor}", index, "cuda-python")
     except Exception:  # noqa: BLE001
         pass
     raise BackendUnavailableError(
@@ -76,9 +73,19 @@ def gpu_info(index: int = 0) -> GpuInfo:
         f"GPU with its driver, and {INSTALL_HINT} for the Python packages")
 
 
-def _cudart_free_bytes(cudart, index: int) -> int | None:
-    """Free memory of device ``index`` through cuda-python (None when it cannot be read)."""
+def gpu_free_memory(index: int = 0) -> int | None:
+    """Free memory of CUDA device ``index`` (bytes) via torch or cuda-python; None when neither can read it. Kept
+    out of :func:`gpu_info`, which only names the device: reading free memory creates a CUDA context on it (and
+    through cuda-python makes it the thread's current device), which only a build on that device should do."""
     try:
+        import torch
+
+        if torch.cuda.is_available() and index < torch.cuda.device_count():
+            return int(torch.cuda.mem_get_info(index)[0])
+    except Exception:  # noqa: BLE001 (a broken CUDA torch: try cuda-python)
+        pass
+    try:
+        cudart = _cudart()
         if int(cudart.cudaSetDevice(index)[0]) != 0:
             return None
         err, free, _total = cudart.cudaMemGetInfo()

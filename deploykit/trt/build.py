@@ -16,7 +16,7 @@ from deploykit.artifacts import engines
 from deploykit.artifacts.lookup import verified_file
 from deploykit.artifacts.manifest import read_manifest
 from deploykit.errors import EngineError
-from deploykit.runtime.gpu import gpu_info, import_tensorrt, tensorrt_unavailable_reason
+from deploykit.runtime.gpu import gpu_free_memory, gpu_info, import_tensorrt, tensorrt_unavailable_reason
 from deploykit.runtime.profiles import engine_parity_shapes
 from deploykit.trt.plan import (
     BuildPlan,
@@ -64,7 +64,7 @@ def _trt_build(trt, plan: BuildPlan, workspace_bytes: int | None, opt_level: int
               "timing_cache": {"file": plan.timing_cache.name if plan.timing_cache.parent == plan.export_dir
                                else str(plan.timing_cache), "state": cache_note, "loaded": cache_loaded},
               "hardware_compatibility": "none", "version_compatible": False,
-              "prebuild": {**plan.prebuild, "gpu_free_bytes": plan.gpu_free_bytes}}
+              "prebuild": plan.prebuild}
     if selection is not None:
         record["fp32_layers"] = selection.to_dict()
     return bytes(serialized), record
@@ -208,7 +208,7 @@ def build_engine(export_dir: str | Path, *, precision: str = "fp16", res: str | 
     except Exception:  # noqa: BLE001
         pass
     plan = plan_build(export_dir, manifest, spec, precision=precision, profile=prof, tensorrt_version=trt.__version__,
-                      gpu=gpu, typing=typing, timing_cache=timing_cache, gpu_memory_bytes=gpu.free_memory_bytes)
+                      gpu=gpu, typing=typing, timing_cache=timing_cache, gpu_memory_bytes=gpu_free_memory(device))
     _verify_onnx(plan)
 
     with folder_lock(export_dir, "deploykit build"):  # one writer per export folder; engine and entry together

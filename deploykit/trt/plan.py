@@ -423,7 +423,8 @@ def prebuild_check(sizes: TensorSizes, profile: Profile, spec: ModelSpec, *, pre
         raise EngineError(f"{spec.name}: {where} needs about {act / 2**30:.1f} GiB of activations, more than the "
                           f"GPU's {memory_bytes / 2**30:.1f} GiB; the largest safe square input is {safe}x{safe}")
     return {"largest_tensor": name, "largest_tensor_elements": count, "max_elements": TRT_MAX_ELEMENTS,
-            "activation_bytes_estimate": act, "largest_safe_side": safe, "source": sizes.source}
+            "activation_bytes_estimate": act, "largest_safe_side": safe, "source": sizes.source,
+            "gpu_free_bytes": memory_bytes}
 
 
 # --- planning (pure: reads the manifest only) --------------------------------------------------------------------------
@@ -442,7 +443,6 @@ class BuildPlan:
     engine_file: str
     timing_cache: Path
     prebuild: dict = field(default_factory=dict)  # prebuild_check's figures ({} when the ONNX file is absent)
-    gpu_free_bytes: int | None = None  # the device memory the check held the activations to (None: not read)
 
     @property
     def engine_path(self) -> Path:
@@ -479,7 +479,7 @@ def plan_build(export_dir: str | Path, manifest: dict, spec: ModelSpec, *, preci
     prebuild = prebuild_check(onnx_tensor_sizes(graph), profile, spec, precision=precision,
                               memory_bytes=gpu_memory_bytes) if graph.is_file() else {}
     return BuildPlan(spec, export_dir, manifest, path, onnx, profile, fp32_nodes, identity, identity_key(identity),
-                     engine_file_name(identity), cache, prebuild, gpu_memory_bytes)
+                     engine_file_name(identity), cache, prebuild)
 
 
 def onnx_node_names(path: Path) -> list[str]:

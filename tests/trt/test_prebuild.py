@@ -82,7 +82,7 @@ def test_plan_build_refuses_activations_over_the_gpu_memory(tmp_path):
 
 @pytest.mark.parametrize("free_gib", [None, 0.001])
 def test_build_engine_checks_the_gpus_free_memory_before_the_builder(tmp_path, monkeypatch, free_gib):
-    """``deploykit build`` hands the free device memory gpu_info read to the pre-build check: a profile whose
+    """``deploykit build`` hands the device's free memory (``gpu_free_memory``) to the pre-build check: a profile whose
     activations do not fit is refused with the figures before TensorRT is touched (the stand-in has no Builder)."""
     import json
     import types
@@ -95,7 +95,8 @@ def test_build_engine_checks_the_gpus_free_memory_before_the_builder(tmp_path, m
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
     free = None if free_gib is None else int(free_gib * 2**30)
     monkeypatch.setattr(trt_build, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0"))
-    monkeypatch.setattr(trt_build, "gpu_info", lambda index=0: GpuInfo("Fake", "8.9", index, "torch", free))
+    monkeypatch.setattr(trt_build, "gpu_info", lambda index=0: GpuInfo("Fake", "8.9", index))
+    monkeypatch.setattr(trt_build, "gpu_free_memory", lambda index=0: free)
     with pytest.raises(EngineError) as err:
         trt_build.build_engine(tmp_path, precision="fp32", res="64,128", parity=False)
     refused = "of activations, more than the GPU's 0.0 GiB; the largest safe square input is" in str(err.value)

@@ -400,15 +400,16 @@ def walk_build_engine(work: Path, rec: Recorder, typing: str, precision: str) ->
     plan = _plan(work, typing, precision)
     nodes = [n.name for n in onnx.load(str(plan.onnx_path), load_external_data=False).graph.node]
     scenario = engine_scenario(rec, build_scenario(rec, plan.spec, nodes), (1, 3, 48, 64), (1, 3, 192, 256))
-    saved = trt_build.import_tensorrt, trt_build.gpu_info
+    saved = trt_build.import_tensorrt, trt_build.gpu_info, trt_build.gpu_free_memory
     trt_build.import_tensorrt = lambda: ModuleProxy(rec, scenario)
     trt_build.gpu_info = lambda index=0: GpuInfo("dry-run GPU", "8.9", index)
+    trt_build.gpu_free_memory = lambda index=0: None  # no device memory to hold a dry run to
     try:
         entry = trt_build.build_engine(work, precision=precision, res=PROFILE_RES, max_batch=2, typing=typing,
                                        parity=False)
         stored = engines.find_engine(read_manifest(work), key=entry["key"])
     finally:
-        trt_build.import_tensorrt, trt_build.gpu_info = saved
+        trt_build.import_tensorrt, trt_build.gpu_info, trt_build.gpu_free_memory = saved
         plan.timing_cache.unlink(missing_ok=True)
         plan.engine_path.unlink(missing_ok=True)
     return {"entry": entry, "stored": stored, "onnx_file": plan.onnx["file"]}
