@@ -253,12 +253,11 @@ def roofline(record, bandwidth_gbps: float | None) -> None:
     traffic = record.traffic_bytes_per_image
     if not (traffic and bandwidth_gbps and record.peak_gflops and record.tflops):
         return
-    images = record.batch if not record.tile else 1
     achieved_gflops = record.tflops * 1e3
     intensity = record.flops_per_image / traffic
     roof = min(record.peak_gflops, intensity * bandwidth_gbps)
     record.roofline = {
         "arithmetic_intensity": intensity, "peak_bandwidth_gbps": bandwidth_gbps,
-        "bandwidth_gbps": traffic * images / (record.latency_ms["median"] / 1e3) / 1e9,
+        "bandwidth_gbps": achieved_gflops / intensity,  # the traffic per second the FLOP rate implies
         "roof_gflops": roof, "bound": "memory" if roof < record.peak_gflops else "compute",
         "roofline_fraction": achieved_gflops / roof}
