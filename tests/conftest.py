@@ -55,3 +55,25 @@ def cli_run(monkeypatch, capsys):
         return code, out, err
 
     return run
+
+
+def onnx_conv_chain(path, *, channels: int = 16, depth: int = 8, input_name: str = "x") -> None:
+    """``input_name`` -> depth x (3x3 conv + relu), dynamic H/W, seeded weights: a small graph with enough
+    full-size intermediates for ONNX Runtime's arena and memory pattern to show in RSS."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], input_name
+    for i in range(depth):
+        cin = 3 if i == 0 else channels
+        inits.append(numpy_helper.from_array((rng.standard_normal((channels, cin, 3, 3)) * 0.1).astype(np.float32),
+                                             f"w{i}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
+                                                                             [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, channels, "H", "W"])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))

@@ -14,6 +14,7 @@ from deploykit.bench.memory_probe import MMAP_THRESHOLD, ProbeRequest, fix_mmap_
 from deploykit.errors import BenchError
 from deploykit.util.system import peak_rss_measurable, probe_peak_rss
 from deploykit.zoo.registry import get_spec
+from tests.conftest import onnx_conv_chain
 
 GIB = 2**30
 
@@ -152,30 +153,12 @@ def test_a_failed_probe_process_is_one_line_naming_the_model():
         run_probe(ProbeRequest("tvm", "srresnet:x2", [32, 64], 16))
 
 
-def _onnx_conv_chain(path, channels: int = 16, depth: int = 6) -> None:
-    """image -> depth x (3x3 conv + relu), dynamic H/W, the zoo's input name."""
-    from onnx import TensorProto, helper, numpy_helper, save
-
-    rng = np.random.default_rng(0)
-    nodes, inits, prev = [], [], "image"
-    for i in range(depth):
-        weight = (rng.standard_normal((channels, 3 if i == 0 else channels, 3, 3)) * 0.1).astype(np.float32)
-        inits.append(numpy_helper.from_array(weight, f"w{i}"))
-        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        prev = f"r{i}"
-    save(helper.make_model(helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])],
-        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, channels, "H", "W"])], inits),
-        opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
-
-
 @pytest.mark.skipif(not peak_rss_measurable(), reason="needs VmHWM and /proc/self/clear_refs")
 def test_each_probe_size_gets_a_runner_of_its_own(tmp_path):
     """ORT with the session's own arena (MPRNet's): the same size probed twice reads the same growth. On one
     session the second would grow by ~nothing (the arena kept the first's chunks), as a 256^2 probe after 128^2
     read MIRNet-v2 at 236 MB where a bench case's fresh session takes 318 MB."""
-    _onnx_conv_chain(tmp_path / "m.onnx")
+    onnx_conv_chain(tmp_path / "m.onnx", depth=6, input_name="image")
     measured = run_probe(ProbeRequest("ort", "mprnet:deblurring", [384, 384], 16, repeats=1, threads=1,
                                       onnx=str(tmp_path / "m.onnx")))
     first, second = measured["peaks"]

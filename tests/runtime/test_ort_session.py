@@ -4,37 +4,19 @@ and the property they are there for -- the second run at a size holds no more me
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from deploykit.errors import BackendUnavailableError
 from deploykit.runtime.ort import GRAPH_LEVELS, OrtBackend, cpu_session_options
 from deploykit.util.system import peak_rss_measurable, release_memory, reset_peak_rss, status_bytes
-
-
-def _conv_chain(path, channels: int = 16, depth: int = 8) -> None:
-    """x -> depth x (3x3 conv + relu), dynamic H/W: enough full-size intermediates for the memory pattern to show."""
-    rng = np.random.default_rng(0)
-    nodes, inits, prev = [], [], "x"
-    for i in range(depth):
-        cin = 3 if i == 0 else channels
-        inits.append(numpy_helper.from_array((rng.standard_normal((channels, cin, 3, 3)) * 0.1).astype(np.float32),
-                                             f"w{i}"))
-        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        prev = f"r{i}"
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                             [1, 3, "H", "W"])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, channels, "H", "W"])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+from tests.conftest import onnx_conv_chain
 
 
 @pytest.mark.parametrize("graph, level", [("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
                                           ("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)])
 def test_session_settings_are_read_back(tmp_path, graph, level):
-    _conv_chain(tmp_path / "m.onnx", depth=2)
+    onnx_conv_chain(tmp_path / "m.onnx", depth=2)
     backend = OrtBackend(tmp_path / "m.onnx", session_options=cpu_session_options(1, graph))
     read = backend.session.get_session_options()
     assert (read.intra_op_num_threads, read.inter_op_num_threads) == (1, 1) and backend.threads == 1
@@ -44,7 +26,7 @@ def test_session_settings_are_read_back(tmp_path, graph, level):
 
 
 def test_the_default_runner_has_the_memory_pattern_off(tmp_path):
-    _conv_chain(tmp_path / "m.onnx", depth=2)
+    onnx_conv_chain(tmp_path / "m.onnx", depth=2)
     read = OrtBackend(tmp_path / "m.onnx", threads=2).session.get_session_options()
     assert read.enable_mem_pattern is False and read.intra_op_num_threads == 2
     assert read.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -61,7 +43,7 @@ def test_second_run_at_the_first_size_holds_no_more_memory(tmp_path):
     """With ORT's memory pattern on, a session's second run at the size of its first allocates the pattern's
     block while the arena keeps the first run's tensors (measured 1.6-1.9x on the zoo); deploykit's session
     must stay flat."""
-    _conv_chain(tmp_path / "m.onnx")
+    onnx_conv_chain(tmp_path / "m.onnx")
     backend = OrtBackend(tmp_path / "m.onnx", threads=1)
     x = {"x": np.random.default_rng(1).random((1, 3, 512, 512), dtype=np.float32)}
     release_memory()
@@ -82,7 +64,7 @@ def test_second_run_at_the_first_size_holds_no_more_memory(tmp_path):
 def test_the_shared_arena_gives_a_run_memory_back(tmp_path, arena):
     """The shared same-as-requested arena is shrunk after each run (a process benchmarking one size after another
     keeps nothing of the last); a session's own arena keeps its chunks (ORT's default) until the session closes."""
-    _conv_chain(tmp_path / "m.onnx")
+    onnx_conv_chain(tmp_path / "m.onnx")
     backend = OrtBackend(tmp_path / "m.onnx", session_options=cpu_session_options(1, arena=arena))
     x = {"x": np.random.default_rng(1).random((1, 3, 512, 512), dtype=np.float32)}
     backend.run({"x": x["x"][:, :, :32, :32]})
@@ -105,7 +87,7 @@ def test_each_model_gets_its_measured_arena(tmp_path):
     from deploykit.runtime.ort import cpu_session_recipe
     from deploykit.zoo.registry import get_spec
 
-    _conv_chain(tmp_path / "m.onnx", depth=2)
+    onnx_conv_chain(tmp_path / "m.onnx", depth=2)
     assert open_backend("ort", get_spec("edsr:m_x4"), onnx=tmp_path / "m.onnx").arena.startswith("shared")
     assert open_backend("ort", get_spec("mprnet:deblurring"), onnx=tmp_path / "m.onnx").arena.startswith("the session")
     shared, own = cpu_session_recipe(arena="shared"), cpu_session_recipe()
