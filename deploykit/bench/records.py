@@ -81,6 +81,10 @@ METHODS = {
                     "largest that fits; overlap min(tile/4, 4 x the receptive radius bound); psnr_check: tiled vs "
                     "whole at 256^2 with the grid scaled), skipped only when no tile fits. GPU: "
                     f"{GPU_FACTOR:g} x the trace in the run's dtype + 256 MiB against free device memory - 512 MiB",
+    "segments": "the runs that measured this file: one, or several with --resume (each finished case saved after "
+                "it ran; a later run with the same options, machine and library versions measures only the cases "
+                "the file lacks). A record's segment is the run that measured it; its peak_fraction is against that "
+                "run's own GEMM probe (segments[i].probe). complete: false while a --resume run is under way",
     "parity": "against the PyTorch FP32 run at the same resolution and input (seeded uniform image, seed 1), "
               "reused by every backend; FP32 passes at max abs <= 1e-4, FP16 at PSNR >= the model's floor",
 }
@@ -153,6 +157,7 @@ class BenchRecord:
     session_options: dict | None = None  # ONNX Runtime: the session settings this case ran with
     traffic_bytes_per_image: int | None = None  # unfused eager traffic (flops.TRAFFIC_METHOD), tiles included
     roofline: dict | None = None  # probe.roofline: intensity, bandwidth, the lower roof and the fraction of it
+    segment: int | None = None  # which run of the file measured it (``segments``; several with --resume)
 
     @property
     def input_wxh(self) -> str:
@@ -190,8 +195,13 @@ class BenchResult:
     flops: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     probes: dict = field(default_factory=dict)  # the same-run GEMM probe before and after the cases
+    segments: list[dict] = field(default_factory=list)  # earlier runs of a resumed file (bench.resume)
+    complete: bool = True  # False in the file a --resume run rewrites after every case
 
     def to_dict(self) -> dict:
+        this_run = {"started": self.started, "created": self.finished, "command": shlex.join(self.command),
+                    "probe": self.probes, "load": {"loadavg_before": self.loadavg_before,
+                                                   "loadavg_after": self.loadavg_after}}
         return json_safe({
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.finished, "started": self.started,
             "command": shlex.join(self.command), "argv": list(self.command), "device": self.device,
@@ -200,7 +210,8 @@ class BenchResult:
                      "note": "1/5/15-minute load averages from /proc/loadavg; other processes share this machine"},
             "host_memory": {"before": self.memory_before, "after": self.memory_after},
             "unavailable_backends": self.unavailable, "methods": METHODS, "flops": self.flops,
-            "notes": self.notes, "probe": self.probes, "records": [r.to_dict() for r in self.records],
+            "notes": self.notes, "probe": self.probes, "complete": self.complete,
+            "segments": [*self.segments, this_run], "records": [r.to_dict() for r in self.records],
         })
 
 

@@ -241,8 +241,17 @@ def markdown_header(data: dict) -> str:
 
 
 def probe_sentence(data: dict) -> str:
-    """'Same-run GEMM probe (FP32, 1 thread): 15 GFLOP/s before, 17 after. ' ('' for files without a probe)."""
-    probe = data.get("probe") or {}
+    """'Same-run GEMM probe (FP32, 1 thread): 15 GFLOP/s before, 17 after. ' ('' for files without a probe); a
+    file measured over several runs (--resume) names each run's probe, which its records are judged against."""
+    segments = [seg for seg in data.get("segments") or [] if seg.get("probe")]
+    if len(segments) > 1:
+        return (f"Measured in {len(segments)} runs (`--resume`), each record against its own run's probe: "
+                + " ".join(f"run {i + 1} (started {seg.get('started')}): {_probe_rates(seg['probe'])}"
+                           for i, seg in enumerate(segments)) + " ")
+    return _probe_rates(data.get("probe") or {})
+
+
+def _probe_rates(probe: dict) -> str:
     if not probe:
         return ""
     parts = []
@@ -379,15 +388,20 @@ def results_dir(out_root: str | Path, data: dict) -> Path:
     return Path(out_root) / data["device"]["slug"]
 
 
+def results_path(out_root: str | Path, device: dict, name: str, suffix: str) -> Path:
+    """``<out_root>/<device-slug>/<name>.<suffix>``: where a run's files go (``device``: ``device_info()``)."""
+    return Path(out_root) / device["slug"] / f"{_safe_name(name)}.{suffix}"
+
+
 def write_all(data: dict, out_root: str | Path = "benchmarks/results", name: str | None = None) -> dict[str, Path]:
     """Write ``<out_root>/<device-slug>/<name>.json / .csv / .png``; returns the paths written."""
     out = ensure_writable_dir(results_dir(out_root, data))
-    stem = _safe_name(name or "bench-" + data["created"].replace(":", "").replace("+0000", "Z")[:17])
-    paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv"}
+    stem = name or "bench-" + data["created"].replace(":", "").replace("+0000", "Z")[:17]
+    paths = {kind: results_path(out_root, data["device"], stem, kind) for kind in ("json", "csv")}
     with folder_lock(out, "deploykit bench"):  # one writer per results folder: json, csv and png of one run
         write_json_atomic(paths["json"], data)
         write_bytes_atomic(paths["csv"], csv_text(data).encode())
-        png = write_plot(data, out / f"{stem}.png")
+        png = write_plot(data, results_path(out_root, data["device"], stem, "png"))
     if png is not None:
         paths["png"] = png
     return paths

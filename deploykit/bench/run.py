@@ -44,7 +44,7 @@ import datetime as _dt
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -86,6 +86,7 @@ from deploykit.bench.records import (
     library_versions,
     memory_summary,
 )
+from deploykit.bench.resume import Carried, carried_from, record_key
 from deploykit.bench.sources import resolve_models
 from deploykit.bench.state import ModelState
 from deploykit.bench.timing import Timing, latency_stats, time_runs
@@ -113,8 +114,12 @@ def run_bench(models: Sequence[str] | None = None, *, res: str | Iterable[str] =
               tile: int | None = None, overlap: int = 32, threads: int | None = None,
               exports_root: str | Path = "exports", cache_dir: str | Path | None = None,
               on_event: Event | None = None, command: Sequence[str] | None = None,
-              plan_only: bool = False) -> BenchResult:
-    """Benchmark every (model, backend, precision, resolution); see the module docstring for what is measured."""
+              plan_only: bool = False, resume: dict | None = None, resume_source: str = "results file",
+              on_progress: Callable[[BenchResult], None] | None = None) -> BenchResult:
+    """Benchmark every (model, backend, precision, resolution); see the module docstring for what is measured.
+
+    ``resume``: a results file of an earlier run (``bench.resume``): its finished cases are carried, not run again.
+    ``on_progress``: called with the result so far (``complete`` False) after every case, to save it."""
     event = on_event or (lambda kind, msg: None)
     settings, unavailable = _settings(res, backends, precisions, batch=batch, warmup=warmup, iters=iters,
                                       seconds=seconds, tile=tile, overlap=overlap, threads=threads,
@@ -123,6 +128,8 @@ def run_bench(models: Sequence[str] | None = None, *, res: str | Iterable[str] =
     targets = resolve_models(models, exports_root)
     thread_info = {**set_torch_threads(threads), "ort_intra_op": threads or default_threads(),
                    "ort_inter_op": threads or default_threads()}
+    machine, versions = device_info(thread_info), library_versions()
+    carried = carried_from(resume, resume_source, settings.to_dict(), machine, versions)
     started = _now()
     load_before, mem_before = loadavg(), memory_summary()
     device = "cuda" if cuda_available() else "cpu"
@@ -132,15 +139,23 @@ def run_bench(models: Sequence[str] | None = None, *, res: str | Iterable[str] =
     event("info", f"{len(cases)} runs planned: {len(targets)} model(s) x {len(settings.sizes)} size(s) x "
                   f"{len(settings.backends)} backend(s) x {len(settings.precisions)} precision(s); torch on {device}, "
                   f"threads {thread_info}")
-    records, flops_info = _run_cases(cases, settings, device, event)
+
+    def result(records: list[BenchRecord], flops_info: dict, complete: bool) -> BenchResult:
+        own = [r for r in records if r.segment == carried.segment]  # carried records keep their own run's probe
+        judge_records(own, list(probes.values()))
+        return BenchResult(settings, records, machine, versions,
+                           list(command) if command is not None else list(sys.argv), unavailable, started, _now(),
+                           load_before, loadavg(), mem_before, memory_summary(), {**carried.flops, **flops_info},
+                           probes=dict(probes), segments=carried.segments, complete=complete)
+
+    progress = (lambda records, flops_info: on_progress(result(records, flops_info, False))) if on_progress else None
+    records, flops_info = _run_cases(cases, settings, device, event, carried, progress)
     probes["after"] = gemm_probe(device)
-    judge_records(records, list(probes.values()))
+    final = result(records, flops_info, True)
     for r in records:
-        if r.suspect:
+        if r.suspect and r.segment == carried.segment:
             event("error", f"{r.model} {r.backend}/{r.precision} {r.input_wxh}: SUSPECT: {'; '.join(r.suspect_reasons)}")
-    return BenchResult(settings, records, device_info(thread_info), library_versions(),
-                       list(command) if command is not None else list(sys.argv), unavailable, started, _now(),
-                       load_before, loadavg(), mem_before, memory_summary(), flops_info, probes=probes)
+    return final
 
 
 def probe_text(probe: dict) -> str:
@@ -170,27 +185,40 @@ def _settings(res, backends, precisions, *, batch: int, warmup: int, iters: int 
     return settings, unavailable
 
 
-def _run_cases(cases: Sequence[Case], settings: BenchSettings, device: str,
-               event: Event) -> tuple[list[BenchRecord], dict]:
-    """Every case in plan order; one model is built (and its FLOPs counted) at a time, dropped before the next."""
+def _run_cases(cases: Sequence[Case], settings: BenchSettings, device: str, event: Event,
+               carried: Carried | None = None,
+               progress: Callable[[list[BenchRecord], dict], None] | None = None) -> tuple[list[BenchRecord], dict]:
+    """Every case in plan order; one model is built (and its FLOPs counted) at a time, dropped before the next.
+    A case ``carried`` from an earlier run is taken as it was; the carried records of cases not planned now follow
+    the plan's, so a resumed file never loses a result."""
+    carried = carried or Carried.none()
     records: list[BenchRecord] = []
     flops_info: dict = {}
     state: ModelState | None = None
-    for case in cases:
-        skipped = contract_skip(case, event)
-        if skipped is not None:  # decided from the spec alone: no model is built for it
-            records.append(skipped)
+    keys = [record_key(c.target.name, c.backend, c.precision, c.hw, c.batch) for c in cases]
+    unplanned = [r for key, r in carried.records.items() if key not in set(keys)]
+    for case, key in zip(cases, keys):
+        done = carried.records.get(key)
+        if done is not None:
+            event("info", f"{case.label}: {done.status} in run {done.segment + 1} of the file, carried (--resume)")
+            records.append(done)
             continue
-        if state is None or state.target is not case.target:
-            if state is not None:
-                state = None
-                release_memory()
-            state = ModelState(case.target, device)
-            flops_info[state.spec.name] = state.flops.to_dict()
-        records.append(run_case(case, state, settings, device, event))
+        record = contract_skip(case, event)  # decided from the spec alone: no model is built for it
+        if record is None:
+            if state is None or state.target is not case.target:
+                if state is not None:
+                    state = None
+                    release_memory()
+                state = ModelState(case.target, device)
+                flops_info[state.spec.name] = state.flops.to_dict()
+            record = run_case(case, state, settings, device, event)
+        record.segment = carried.segment
+        records.append(record)
+        if progress is not None:
+            progress(records + unplanned, flops_info)
     del state
     release_memory()
-    return records, flops_info
+    return records + unplanned, flops_info
 
 
 # --- one case ------------------------------------------------------------------------------------------------------

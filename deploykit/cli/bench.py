@@ -59,17 +59,55 @@ def register(app: typer.Typer) -> None:
             show_default=False)] = None,
         plan_only: Annotated[bool, typer.Option(
             "--plan-only", help="estimate memory (calibrated), pick whole frame or tiles for every case, time none")] = False,
+        resume: Annotated[bool, typer.Option(
+            "--resume", help="with --name: save OUT/<device-slug>/NAME.json after every case and, when it exists, "
+                             "measure only the cases it does not hold yet (same options and machine)")] = False,
     ) -> None:
         """Latency x resolution x backend x precision with FLOPs, memory and parity vs PyTorch FP32 -> table, JSON,
-        CSV, PNG. Resolutions that cannot fit in memory are skipped with the estimate and a --tile hint."""
+        CSV, PNG. A whole frame that does not fit in memory runs automatically tiled (labelled); a case is skipped,
+        with the figures, only when no tile fits."""
         from deploykit.bench.plan import DEFAULT_RES  # the bench library imports torch: only when the command runs
         from deploykit.bench.run import run_bench
 
+        previous, source = _resume_file(out, name, resume, plan_only)
+        on_progress = (lambda partial: _write(partial.to_dict(), out, name)) if resume else None
         result = run_bench(models, res=res or DEFAULT_RES, backends=backend, precisions=precision, batch=batch,
                            warmup=warmup, iters=iters, seconds=seconds, tile=tile, overlap=overlap, threads=threads,
                            exports_root=exports, cache_dir=cache_dir, on_event=_print_event, command=_command(),
-                           plan_only=plan_only)
+                           plan_only=plan_only, resume=previous, resume_source=source, on_progress=on_progress)
         _show_and_write(result, out, name)
+
+
+def _resume_file(out: Path, name: str | None, resume: bool, plan_only: bool) -> tuple[dict | None, str]:
+    """With --resume: the results file to continue (None when it does not exist yet) and its path as text."""
+    if not resume:
+        return None, ""
+    if not name:
+        fail("--resume needs --name: the results file to save after every case and to continue from")
+    if plan_only:
+        fail("--resume saves measurements; --plan-only measures none (drop one of them)")
+    from deploykit.bench.records import device_info
+    from deploykit.bench.report import load, results_path
+
+    path = results_path(out, device_info(), name, "json")
+    if not path.exists():
+        console.print(f"[cyan]•[/] --resume: {path} does not exist yet; it is saved after every case",
+                      highlight=False)
+        return None, str(path)
+    try:
+        previous = load(path)
+    except (ValueError, OSError) as exc:
+        fail(f"cannot resume {path}: {exc}")
+    done = sum(r.get("status") in ("ok", "skipped") for r in previous.get("records", []))
+    console.print(f"[cyan]•[/] --resume: {path} holds {done} finished case(s); they are not run again",
+                  highlight=False)
+    return previous, str(path)
+
+
+def _write(data: dict, out: Path, name: str | None) -> dict:
+    from deploykit.bench.report import write_all
+
+    return write_all(data, out, name)
 
 
 def _command() -> list[str]:
@@ -80,7 +118,7 @@ def _command() -> list[str]:
 def _show_and_write(result, out: Path, name: str | None) -> None:
     """The table and the methods line, then OUT/<device-slug>/NAME.json/.csv/.png; exit 1 when a run failed or
     broke parity."""
-    from deploykit.bench.report import plot_missing_reason, rich_table, write_all
+    from deploykit.bench.report import plot_missing_reason, rich_table
 
     data = result.to_dict()
     console.print(rich_table(data))
@@ -88,7 +126,7 @@ def _show_and_write(result, out: Path, name: str | None) -> None:
     console.print(f"latency = {data['methods']['latency']}. FLOPs: {data['methods']['flops']}. "
                   f"Load average before {load['loadavg_before']}, after {load['loadavg_after']}.",
                   highlight=False, soft_wrap=True, style="dim")
-    paths = write_all(data, out, name)
+    paths = _write(data, out, name)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)
     if "png" not in paths:
         console.print(f"[yellow]no plot:[/] {plot_missing_reason(data)}", highlight=False)

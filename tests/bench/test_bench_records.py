@@ -15,7 +15,8 @@ from deploykit.bench.records import (LATENCY_NOTE, METHODS, SCHEMA, SCHEMA_VERSI
                                      device_info, json_safe, latency_note, library_versions, memory_summary)
 
 V1_KEYS = {"schema", "schema_version", "created", "started", "command", "argv", "device", "versions", "settings",
-           "load", "host_memory", "unavailable_backends", "methods", "flops", "notes", "probe", "records"}
+           "load", "host_memory", "unavailable_backends", "methods", "flops", "notes", "probe", "records",
+           "complete", "segments"}
 
 
 def _record(**kw) -> BenchRecord:
@@ -54,6 +55,9 @@ def test_result_to_dict_has_the_v1_keys():
     assert data["created"] == "2026-01-01T00:01:00+00:00" and data["settings"]["sizes"] == ["1920x1080"]
     assert data["methods"] == METHODS and data["records"][0]["input_wxh"] == "1920x1080"
     assert data["load"]["loadavg_before"] == [0.5, 0.4, 0.3] and data["load"]["loadavg_after"] is None
+    assert data["complete"] is True and data["segments"] == [  # one run: the file's only segment
+        {"started": data["started"], "created": data["created"], "command": data["command"], "probe": {},
+         "load": {"loadavg_before": [0.5, 0.4, 0.3], "loadavg_after": None}}]
     json.dumps(data, allow_nan=False)
 
 
