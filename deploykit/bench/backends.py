@@ -16,7 +16,7 @@ from deploykit.bench.plan import BenchSettings, Case, work_hw
 from deploykit.bench.sources import default_cache_dir, onnx_for
 from deploykit.bench.state import ModelState
 from deploykit.errors import BenchError, ShapeContractError
-from deploykit.imaging.tiling import run_tiled
+from deploykit.imaging.tiling import run_tile_sample, run_tiled
 from deploykit.runtime.base import Backend
 from deploykit.runtime.gpu import gpu_info, import_tensorrt
 from deploykit.runtime.open import open_backend
@@ -98,8 +98,15 @@ def case_device(backend: Backend) -> str:
 
 def run_once_fn(backend: Backend, state: ModelState, feed: dict, settings: BenchSettings,
                 batch: int) -> Callable[[], object]:
-    """A zero-argument callable running one image (tiled when --tile), returning the image output array."""
+    """A zero-argument callable running one image (tiled when --tile), returning the image output array; a
+    sampled tiled case (``settings.tile_sample``) runs only those tiles and returns their stacked outputs."""
     out_name = state.output_name
+    if settings.tile and settings.tile_sample:
+        def run_sample_once():
+            return run_tile_sample(lambda tiles: backend.run(tiles)[out_name], feed, state.spec,
+                                   settings.tile_sample, tile=settings.tile, overlap=settings.overlap, batch=batch)
+
+        return run_sample_once
     if settings.tile:
         def run_tiled_once():
             return run_tiled(lambda tiles: backend.run(tiles)[out_name], feed, state.spec, tile=settings.tile,

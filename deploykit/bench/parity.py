@@ -49,14 +49,15 @@ def ensure_reference(case: Case, state: ModelState, feed: dict, settings: BenchS
 
 def ref_key(case: Case, settings: BenchSettings) -> tuple:
     """What a reference output is kept under: size, batch and tiling (a tiled run is judged against the same
-    tiling of the PyTorch FP32 model)."""
-    return (case.hw, case.batch, settings.tile, settings.overlap if settings.tile else None)
+    tiling of the PyTorch FP32 model, a sampled one against the same tiles)."""
+    sample = tuple(settings.tile_sample) if settings.tile and settings.tile_sample else None
+    return (case.hw, case.batch, settings.tile, settings.overlap if settings.tile else None, sample)
 
 
 def case_parity(case: Case, state: ModelState, output: np.ndarray | None, event: Event,
                 missing_reason: str | None = None, settings: BenchSettings | None = None) -> dict | None:
     """Compare with the PyTorch FP32 output at this size (this case's own output when it is that reference)."""
-    key = ref_key(case, settings) if settings is not None else (case.hw, case.batch, None, None)
+    key = ref_key(case, settings) if settings is not None else (case.hw, case.batch, None, None, None)
     if output is None:
         return None
     if case.is_reference:

@@ -37,14 +37,16 @@ def parse_choices(items: str | Iterable[str] | None, allowed: Sequence[str], wha
 
 
 def check_options(*, batch: int, warmup: int, iters: int | None, seconds: float | None, tile: int | None,
-                  threads: int | None) -> None:
+                  threads: int | None, sample_over: float | None = None) -> None:
     """BenchError naming the option and its bound for a count or size the benchmark cannot run with."""
     checks = ((batch < 1, f"--batch must be >= 1, not {batch}"),
               (warmup < 0, f"--warmup must be >= 0, not {warmup}"),
               (iters is not None and iters < 1, f"--iters must be >= 1, not {iters}"),
               (seconds is not None and seconds <= 0, f"--seconds must be > 0, not {seconds}"),
               (tile is not None and tile < 8, f"--tile must be at least 8 pixels, not {tile}"),
-              (threads is not None and threads < 1, f"--threads must be >= 1, not {threads}"))
+              (threads is not None and threads < 1, f"--threads must be >= 1, not {threads}"),
+              (sample_over is not None and sample_over <= 0,
+               f"--sample-tiles-over must be > 0 seconds, not {sample_over}"))
     for bad, message in checks:
         if bad:
             raise BenchError(message)
@@ -121,6 +123,8 @@ class BenchSettings:
     cache_dir: str | None = None
     plan_only: bool = False  # guard, calibrate and tile every case, time none (status "planned")
     ort_graph: str = "all"  # ONNX Runtime CPU graph level of this case: "extended" when only that fits whole
+    sample_over: float | None = None  # s: a tiled run longer than this at the GEMM rate times a sample of tiles
+    tile_sample: list[int] | None = None  # this case's sampled tile indices (bench.run._sample_tiles)
 
     def to_dict(self) -> dict:
         data = asdict(self)

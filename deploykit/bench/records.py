@@ -81,6 +81,11 @@ METHODS = {
                     "largest that fits; overlap min(tile/4, 4 x the receptive radius bound); psnr_check: tiled vs "
                     "whole at 256^2 with the grid scaled), skipped only when no tile fits. GPU: "
                     f"{GPU_FACTOR:g} x the trace in the run's dtype + 256 MiB against free device memory - 512 MiB",
+    "tile_sample": "--sample-tiles-over S: a tiled case whose one run needs more than S seconds even at the run's "
+                   "FP32 GEMM probe rate (FLOPs / rate) runs only an evenly spread sample of its tiles (first and last "
+                   "included, as many as S seconds hold at that rate, at least 8); every tile has the same shape and "
+                   "work, so latency, first run and CPU seconds are the sample's x tiles / sample (tile.sampled), "
+                   "blending excluded; parity compares those tiles with PyTorch FP32 on the same tiles",
     "segments": "the runs that measured this file: one, or several with --resume (each finished case saved after "
                 "it ran; a later run with the same options, machine and library versions measures only the cases "
                 "the file lacks). A record's segment is the run that measured it; its peak_fraction is against that "

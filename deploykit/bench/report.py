@@ -33,7 +33,8 @@ CSV_COLUMNS = (
     "flops_per_image", "tflops", "mem_estimate_bytes", "mem_available_bytes", "rss_peak_delta_bytes",
     "gpu_peak_allocated_bytes", "engine_device_memory_bytes", "parity_reference", "parity_max_abs",
     "parity_mean_abs", "parity_psnr_db", "parity_nonfinite", "parity_passed", "tile", "overlap", "tiles",
-    "loadavg_1m_start", "loadavg_1m_end", "latency_includes", "artifact", "auto_tile", "tile_check_psnr_db",
+    "tiles_timed", "loadavg_1m_start", "loadavg_1m_end", "latency_includes", "artifact", "auto_tile",
+    "tile_check_psnr_db",
     "mem_estimate_method", "threads_torch", "threads_ort_intra", "threads_ort_inter", "cpu_per_wall",
     "peak_gflops", "peak_fraction", "cpu_peak_fraction", "suspect", "suspect_reasons",
     "traffic_bytes_per_image", "arithmetic_intensity", "bound", "roof_gflops", "roofline_fraction",
@@ -92,8 +93,10 @@ def tile_label(record: dict) -> str:
     if not tile.get("tile"):
         return ""
     hw = tile.get("tile_hw") or [tile["tile"], tile["tile"]]
+    sampled = tile.get("sampled")
     return (f" [{'auto-tiled' if tile.get('auto') else 'tiled'}: {tile.get('tiles')} x {hw[1]}x{hw[0]}, "
-            f"overlap {tile.get('overlap')}]")
+            f"overlap {tile.get('overlap')}"
+            + (f"; {sampled['tiles_timed']} tiles timed, latency x {sampled['scale']:.2f}" if sampled else "") + "]")
 
 
 def peak_text(record: dict) -> str:
@@ -132,7 +135,7 @@ def flat_row(record: dict) -> dict:
         "parity_max_abs": par.get("max_abs"), "parity_mean_abs": par.get("mean_abs"),
         "parity_psnr_db": par.get("psnr_db"), "parity_nonfinite": par.get("nonfinite"),
         "parity_passed": par.get("passed"), "tile": tile.get("tile"), "overlap": tile.get("overlap"),
-        "tiles": tile.get("tiles"),
+        "tiles": tile.get("tiles"), "tiles_timed": (tile.get("sampled") or {}).get("tiles_timed"),
         "loadavg_1m_start": ((record.get("loadavg") or {}).get("start") or [None])[0],
         "loadavg_1m_end": ((record.get("loadavg") or {}).get("end") or [None])[0],
         "latency_includes": record.get("latency_includes"),

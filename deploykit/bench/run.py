@@ -96,7 +96,7 @@ from deploykit.errors import (
     DeployKitError,
     ShapeContractError,
 )
-from deploykit.imaging.tiling import plan_tiles
+from deploykit.imaging.tiling import plan_tiles, sample_indices
 from deploykit.runtime.base import Backend
 from deploykit.runtime.gpu import cuda_available
 from deploykit.runtime.open import PRECISIONS
@@ -114,16 +114,20 @@ def run_bench(models: Sequence[str] | None = None, *, res: str | Iterable[str] =
               tile: int | None = None, overlap: int = 32, threads: int | None = None,
               exports_root: str | Path = "exports", cache_dir: str | Path | None = None,
               on_event: Event | None = None, command: Sequence[str] | None = None,
-              plan_only: bool = False, resume: dict | None = None, resume_source: str = "results file",
+              plan_only: bool = False, sample_tiles_over: float | None = None,
+              resume: dict | None = None, resume_source: str = "results file",
               on_progress: Callable[[BenchResult], None] | None = None) -> BenchResult:
     """Benchmark every (model, backend, precision, resolution); see the module docstring for what is measured.
 
+    ``sample_tiles_over``: seconds; a tiled case whose one run needs longer than that even at the GEMM probe's
+    rate is timed on an evenly spread sample of its tiles (:func:`sample_tiles`).
     ``resume``: a results file of an earlier run (``bench.resume``): its finished cases are carried, not run again.
     ``on_progress``: called with the result so far (``complete`` False) after every case, to save it."""
     event = on_event or (lambda kind, msg: None)
     settings, unavailable = _settings(res, backends, precisions, batch=batch, warmup=warmup, iters=iters,
                                       seconds=seconds, tile=tile, overlap=overlap, threads=threads,
-                                      exports_root=exports_root, cache_dir=cache_dir, event=event)
+                                      exports_root=exports_root, cache_dir=cache_dir, event=event,
+                                      sample_over=sample_tiles_over)
     settings.plan_only = plan_only
     targets = resolve_models(models, exports_root)
     thread_info = {**set_torch_threads(threads), "ort_intra_op": threads or default_threads(),
@@ -149,12 +153,14 @@ def run_bench(models: Sequence[str] | None = None, *, res: str | Iterable[str] =
                            probes=dict(probes), segments=carried.segments, complete=complete)
 
     progress = (lambda records, flops_info: on_progress(result(records, flops_info, False))) if on_progress else None
-    records, flops_info = _run_cases(cases, settings, device, event, carried, progress)
+    gemm_gflops = probes["before"].get("fp32", {}).get("gflops_best")  # FP32: a lower bound on time for FP16 too
+    records, flops_info = _run_cases(cases, settings, device, event, carried, progress, gemm_gflops)
     probes["after"] = gemm_probe(device)
     final = result(records, flops_info, True)
     for r in records:
         if r.suspect and r.segment == carried.segment:
-            event("error", f"{r.model} {r.backend}/{r.precision} {r.input_wxh}: SUSPECT: {'; '.join(r.suspect_reasons)}")
+            event("error", f"{r.model} {r.backend}/{r.precision} {r.input_wxh}: SUSPECT: "
+                           f"{'; '.join(r.suspect_reasons)}")
     return final
 
 
@@ -168,12 +174,13 @@ def _now() -> str:
 
 def _settings(res, backends, precisions, *, batch: int, warmup: int, iters: int | None, seconds: float | None,
               tile: int | None, overlap: int, threads: int | None, exports_root, cache_dir,
-              event: Event) -> tuple[BenchSettings, dict[str, str]]:
+              event: Event, sample_over: float | None = None) -> tuple[BenchSettings, dict[str, str]]:
     """The options read and checked, and the backends that run here ({backend: why not} for the rest)."""
     sizes = parse_sizes(res, "--res")
     default_prec = ("fp32", "fp16") if cuda_available() else ("fp32",)
     precs = parse_choices(precisions, PRECISIONS, "precision", default_prec)
-    check_options(batch=batch, warmup=warmup, iters=iters, seconds=seconds, tile=tile, threads=threads)
+    check_options(batch=batch, warmup=warmup, iters=iters, seconds=seconds, tile=tile, threads=threads,
+                  sample_over=sample_over)
     run_list, unavailable = resolve_backends(backends)
     for name, why in unavailable.items():
         event("skip", f"backend {name} unavailable: {why}")
@@ -181,13 +188,14 @@ def _settings(res, backends, precisions, *, batch: int, warmup: int, iters: int 
         raise BenchError("none of the requested backends is available here: "
                          + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
     settings = BenchSettings(sizes, run_list, precs, batch, warmup, iters, seconds, tile, overlap, threads,
-                             str(exports_root), str(cache_dir) if cache_dir else None)
+                             str(exports_root), str(cache_dir) if cache_dir else None, sample_over=sample_over)
     return settings, unavailable
 
 
 def _run_cases(cases: Sequence[Case], settings: BenchSettings, device: str, event: Event,
                carried: Carried | None = None,
-               progress: Callable[[list[BenchRecord], dict], None] | None = None) -> tuple[list[BenchRecord], dict]:
+               progress: Callable[[list[BenchRecord], dict], None] | None = None,
+               gemm_gflops: float | None = None) -> tuple[list[BenchRecord], dict]:
     """Every case in plan order; one model is built (and its FLOPs counted) at a time, dropped before the next.
     A case ``carried`` from an earlier run is taken as it was; the carried records of cases not planned now follow
     the plan's, so a resumed file never loses a result."""
@@ -211,7 +219,7 @@ def _run_cases(cases: Sequence[Case], settings: BenchSettings, device: str, even
                     release_memory()
                 state = ModelState(case.target, device)
                 flops_info[state.spec.name] = state.flops.to_dict()
-            record = run_case(case, state, settings, device, event)
+            record = run_case(case, state, settings, device, event, gemm_gflops)
         record.segment = carried.segment
         records.append(record)
         if progress is not None:
@@ -265,9 +273,10 @@ def plan_work(case: Case, state: ModelState, settings: BenchSettings, record: Be
     return work
 
 
-def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str, event: Event) -> BenchRecord:
+def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str, event: Event,
+             gemm_gflops: float | None = None) -> BenchRecord:
     """One case: plan its work, ask the guard, then open, time, measure and judge it (skips and errors end up in
-    the record, never end the benchmark)."""
+    the record, never end the benchmark). ``gemm_gflops``: the run's probe rate (for ``--sample-tiles-over``)."""
     record = new_record(case, settings.warmup)
     start = time.perf_counter()
     work = plan_work(case, state, settings, record)
@@ -283,6 +292,7 @@ def run_case(case: Case, state: ModelState, settings: BenchSettings, device: str
                          f"{(guard.available_bytes - guard.reserve_bytes) / 2**30:.1f} GiB usable")
         event("info", f"{case.label}: {record.reason}")
     elif guard is not None and guard.fits:
+        settings = sample_tiles(case, settings, record, gemm_gflops, event)
         _run_guarded(case, state, settings, device, work, guard, record, event)
     elif guard is not None:
         record.stop("skipped", guard.reason(fmt_wxh(case.hw)), event, case.label)
@@ -334,6 +344,33 @@ def _auto_tile(case: Case, state: ModelState, settings: BenchSettings, device: s
                   f"{record.tile['plan']}, overlap {overlap} (receptive radius bound {radius} px)"
                   + (f"; tiled vs whole at {check['size']}²: {check['psnr_db']:.1f} dB" if check else ""))
     return tiled, work, guard
+
+
+MIN_TILE_SAMPLE = 8
+
+
+def sample_tiles(case: Case, settings: BenchSettings, record: BenchRecord, gemm_gflops: float | None,
+                 event: Event) -> BenchSettings:
+    """``--sample-tiles-over S``: a tiled case whose one run needs more than S seconds even at the run's GEMM rate
+    (its FLOPs / the probe: a lower bound) runs an evenly spread sample of its tiles, as many as S seconds hold at
+    that rate (at least MIN_TILE_SAMPLE). Every tile has the same shape and work, so the sample's time x tiles /
+    sample is the run's; the record says so (``tile.sampled``, ``latency_includes``) and parity covers the sample."""
+    tile = record.tile
+    if not (settings.sample_over and tile and gemm_gflops):
+        return settings
+    count = tile["tiles"]
+    at_peak_s = record.flops_per_image / (gemm_gflops * 1e9)
+    n = max(MIN_TILE_SAMPLE, math.floor(settings.sample_over / at_peak_s * count))
+    if at_peak_s <= settings.sample_over or n >= count:
+        return settings
+    indices = sample_indices(count, n)
+    tile["sampled"] = {
+        "tiles_timed": len(indices), "indices": indices, "scale": count / len(indices),
+        "why": f"one run is {record.flops_per_image / 1e12:,.0f} TFLOP: at least {at_peak_s / 60:,.0f} min at the "
+               f"run's GEMM rate ({gemm_gflops:.0f} GFLOP/s), over --sample-tiles-over {settings.sample_over:g} s"}
+    event("info", f"{case.label}: {tile['sampled']['why']}: timing {len(indices)} of the {count} tiles (same shape "
+                  f"and work), latency x {count / len(indices):.2f}")
+    return dataclasses.replace(settings, tile_sample=indices)
 
 
 def _run_guarded(case: Case, state: ModelState, settings: BenchSettings, device: str, work: Work,
@@ -390,7 +427,8 @@ def _measure(case: Case, state: ModelState, settings: BenchSettings, feed: dict,
         timing = time_runs(run, warmup=settings.warmup, iters=settings.iters, seconds=settings.seconds,
                            sync=torch.cuda.synchronize if on_cuda else None)
     record.memory.update(meter.stop())
-    record.cpu_per_wall, record.cpu_seconds = clock.ratio, clock.cpu_s
+    scale = (record.tile or {}).get("sampled", {}).get("scale", 1.0)
+    record.cpu_per_wall, record.cpu_seconds = clock.ratio, clock.cpu_s * scale
     runs = len(timing.samples_ms)
     record.clock_runs = runs + settings.warmup  # warm-up runs include the first; warmup 0: the first is a sample
     session = ort_readback(backend)
@@ -399,7 +437,11 @@ def _measure(case: Case, state: ModelState, settings: BenchSettings, feed: dict,
     record.loadavg = {"start": load_start, "end": loadavg()}
     if on_cuda:
         gpu_figures(record, backend, case, state, settings, feed, len(timing.samples_ms))
-    fill_timing(record, timing, work.images, *case.hw)
+    fill_timing(record, timing, work.images, *case.hw, scale=scale)
+    if scale != 1.0:
+        record.latency_includes += (f"; extrapolated: {record.tile['sampled']['tiles_timed']} of "
+                                    f"{record.tile['tiles']} tiles timed (same shape) x {scale:.2f}, blending not "
+                                    "included")
     record.parity = case_parity(case, state, timing.output, event, reference_note, settings)
     timing.output = None
 
@@ -418,10 +460,11 @@ def gpu_figures(record: BenchRecord, backend: Backend, case: Case, state: ModelS
                                                                 case.precision, max(1, runs)))
 
 
-def fill_timing(record: BenchRecord, timing: Timing, images: int, h: int, w: int) -> None:
-    """Latency statistics, MPix/s (input and output) and TFLOP/s from the timed runs."""
-    stats = latency_stats(timing.samples_ms)
-    record.first_run_ms = timing.first_run_ms
+def fill_timing(record: BenchRecord, timing: Timing, images: int, h: int, w: int, scale: float = 1.0) -> None:
+    """Latency statistics, MPix/s (input and output) and TFLOP/s from the timed runs (each x ``scale``: a sampled
+    tiled case's whole-run figure)."""
+    stats = latency_stats([s * scale for s in timing.samples_ms])
+    record.first_run_ms = timing.first_run_ms * scale
     record.latency_ms = stats
     record.iterations = stats["count"]
     median_s = stats["median"] / 1e3

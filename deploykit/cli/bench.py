@@ -59,6 +59,11 @@ def register(app: typer.Typer) -> None:
             show_default=False)] = None,
         plan_only: Annotated[bool, typer.Option(
             "--plan-only", help="estimate memory (calibrated), pick whole frame or tiles for every case, time none")] = False,
+        sample_tiles_over: Annotated[Optional[float], typer.Option(
+            "--sample-tiles-over", metavar="SECONDS",
+            help="a tiled case whose one run needs longer than SECONDS even at the GEMM probe's rate is timed on an "
+                 "evenly spread sample of its tiles (same shape and work), scaled to all tiles and labelled "
+                 "(default: every tile)", show_default=False)] = None,
         resume: Annotated[bool, typer.Option(
             "--resume", help="with --name: save OUT/<device-slug>/NAME.json after every case and, when it exists, "
                              "measure only the cases it does not hold yet (same options and machine)")] = False,
@@ -74,7 +79,7 @@ def register(app: typer.Typer) -> None:
         result = run_bench(models, res=res or DEFAULT_RES, backends=backend, precisions=precision, batch=batch,
                            warmup=warmup, iters=iters, seconds=seconds, tile=tile, overlap=overlap, threads=threads,
                            exports_root=exports, cache_dir=cache_dir, on_event=_print_event, command=_command(),
-                           plan_only=plan_only, resume=previous, resume_source=source, on_progress=on_progress)
+                           plan_only=plan_only, sample_tiles_over=sample_tiles_over, resume=previous, resume_source=source, on_progress=on_progress)
         _show_and_write(result, out, name)
 
 

@@ -265,28 +265,14 @@ def run_tiled(run: RunFn, feed: dict[str, np.ndarray], contract, *, tile: int | 
     output [B, C', s*th, s*tw]. ``on_tile(done, total)`` is called after each batch.
     """
     c = Contract.of(contract)
-    name = image_input or next(iter(feed))
-    image = feed[name]
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise InputError(f"run_tiled takes one image [1, C, H, W], got {tuple(image.shape)}")
-    h, w = image.shape[2:]
+    h, w = _one_image(feed, image_input).shape[2:]
     plan = plan_tiles(h, w, c, tile, overlap)
     wy, wx = axis_weights(plan.ys, c.scale), axis_weights(plan.xs, c.scale)
     (th, tw), s = plan.tile_shape, c.scale
     canvas = None
     positions = plan.positions()
     done = 0
-    for first in range(0, len(positions), max(1, batch)):
-        chunk = positions[first:first + max(1, batch)]
-        tiles = {}
-        for key, arr in feed.items():
-            parts = [take_region(arr, plan.ys.starts[iy], plan.ys.starts[iy] + th,
-                                 plan.xs.starts[ix], plan.xs.starts[ix] + tw) for iy, ix in chunk]
-            tiles[key] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        out = np.asarray(run(tiles))
-        if out.ndim != 4 or out.shape[0] != len(chunk) or out.shape[2:] != (th * s, tw * s):
-            raise ShapeContractError(f"model returned {tuple(out.shape)} for a {len(chunk)}x{th}x{tw} tile batch; "
-                                     f"expected [{len(chunk)}, C, {th * s}, {tw * s}] (scale {s})")
+    for chunk, out in _tile_outputs(run, feed, plan, positions, batch):
         if canvas is None:
             canvas = np.zeros((1, out.shape[1], h * s, w * s), np.float32)
         for b, (iy, ix) in enumerate(chunk):
@@ -300,6 +286,53 @@ def run_tiled(run: RunFn, feed: dict[str, np.ndarray], contract, *, tile: int | 
         if on_tile:
             on_tile(done, len(positions))
     return canvas
+
+
+def sample_indices(count: int, n: int) -> list[int]:
+    """``n`` tile indices spread evenly over ``count`` (first and last included), all of them when n >= count."""
+    if n >= count:
+        return list(range(count))
+    if n <= 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (n - 1)) for i in range(n)})
+
+
+def run_tile_sample(run: RunFn, feed: dict[str, np.ndarray], contract, indices: list[int], *,
+                    tile: int | None = None, overlap: int = 32, batch: int = 1,
+                    image_input: str | None = None) -> np.ndarray:
+    """The raw outputs [n, C', s*th, s*tw] of the tiles ``indices`` (row-major) of :func:`run_tiled`'s plan, no
+    blending: every tile has the same shape and work, so timing a spread sample of them times the whole run."""
+    c = Contract.of(contract)
+    h, w = _one_image(feed, image_input).shape[2:]
+    plan = plan_tiles(h, w, c, tile, overlap)
+    positions = plan.positions()
+    chosen = [positions[i] for i in indices]
+    return np.concatenate([out for _, out in _tile_outputs(run, feed, plan, chosen, batch)])
+
+
+def _one_image(feed: dict[str, np.ndarray], image_input: str | None) -> np.ndarray:
+    image = feed[image_input or next(iter(feed))]
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise InputError(f"run_tiled takes one image [1, C, H, W], got {tuple(image.shape)}")
+    return image
+
+
+def _tile_outputs(run: RunFn, feed: dict[str, np.ndarray], plan: TilePlan, positions: list[tuple[int, int]],
+                  batch: int):
+    """(positions of the batch, its output) for ``positions`` in batches of ``batch``, shapes checked."""
+    (th, tw), s = plan.tile_shape, plan.scale
+    for first in range(0, len(positions), max(1, batch)):
+        chunk = positions[first:first + max(1, batch)]
+        tiles = {}
+        for key, arr in feed.items():
+            parts = [take_region(arr, plan.ys.starts[iy], plan.ys.starts[iy] + th,
+                                 plan.xs.starts[ix], plan.xs.starts[ix] + tw) for iy, ix in chunk]
+            tiles[key] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out = np.asarray(run(tiles))
+        if out.ndim != 4 or out.shape[0] != len(chunk) or out.shape[2:] != (th * s, tw * s):
+            raise ShapeContractError(f"model returned {tuple(out.shape)} for a {len(chunk)}x{th}x{tw} tile batch; "
+                                     f"expected [{len(chunk)}, C, {th * s}, {tw * s}] (scale {s})")
+        yield chunk, out
 
 
 # --- memory: --tile auto -------------------------------------------------------------------------------------

@@ -13,9 +13,13 @@ from typer.testing import CliRunner
 
 from deploykit.bench import memory
 from deploykit.bench.memory import HOST_FACTORS
-from deploykit.bench.run import run_bench
+from deploykit.bench.records import BenchRecord
+from deploykit.bench.report import tile_label
+from deploykit.bench.run import fill_timing, run_bench
+from deploykit.bench.timing import Timing
 from deploykit.cli.bench import register
 from deploykit.errors import BenchError, InputError
+from deploykit.imaging.tiling import sample_indices
 from deploykit.zoo.registry import get_spec
 
 
@@ -235,3 +239,35 @@ def test_ort_frame_that_fits_only_with_the_plain_layout_graph_runs_whole_with_it
     else:
         assert r["tile"]["auto"] is True and "ort_graph" not in r["memory"]
         assert r["session_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
+
+
+def test_a_tiled_case_over_the_budget_times_a_sample_of_its_tiles(srresnet_export, tmp_path):
+    events = []
+    result = run_bench(["srresnet:x2"], res="96", backends="torch,ort", warmup=0, iters=1, threads=1, tile=32,
+                       overlap=8, exports_root=srresnet_export, cache_dir=tmp_path / "cache",
+                       sample_tiles_over=1e-6, on_event=lambda kind, msg: events.append((kind, msg)))
+    torch_rec, ort_rec = result.records
+    for r in (torch_rec, ort_rec):
+        assert r.status == "ok", r.reason
+        sampled = r.tile["sampled"]
+        assert sampled["indices"] == sample_indices(r.tile["tiles"], 8) and sampled["tiles_timed"] == 8
+        assert sampled["scale"] == r.tile["tiles"] / 8
+        assert f"extrapolated: 8 of {r.tile['tiles']} tiles timed" in r.latency_includes
+    assert ort_rec.parity["checked"] and ort_rec.parity["passed"]  # against PyTorch on the same 8 tiles
+    assert any("timing 8 of the" in m for _, m in events)
+    assert "8 tiles timed, latency x" in tile_label(ort_rec.to_dict())
+    whole = run_bench(["srresnet:x2"], res="96", backends="torch", warmup=0, iters=1, threads=1, tile=32,
+                      overlap=8, exports_root=srresnet_export, sample_tiles_over=1e6)
+    assert "sampled" not in whole.records[0].tile  # within the budget: every tile runs
+
+
+def test_a_sampled_run_is_scaled_to_every_tile():
+    record = BenchRecord("m", "f", "v", "torch", "fp32", 1, [64, 64], [64, 64], flops_per_image=8_000_000)
+    fill_timing(record, Timing(10.0, [10.0, 30.0], 0), 1, 64, 64, scale=4.0)
+    assert record.first_run_ms == 40.0 and record.latency_ms["median"] == 80.0 and record.latency_ms["max"] == 120.0
+    assert record.tflops == pytest.approx(8e6 / 0.080 / 1e12)
+
+
+def test_the_sample_budget_must_be_positive(tmp_path):
+    with pytest.raises(BenchError, match="--sample-tiles-over must be > 0"):
+        run_bench(["srresnet:x2"], res="64", backends="torch", sample_tiles_over=0, exports_root=tmp_path)

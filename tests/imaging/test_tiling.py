@@ -9,7 +9,8 @@ from torch import nn
 
 from deploykit.errors import InputError, ShapeContractError
 from deploykit.imaging.tiling import (Contract, MemoryEstimate, auto_tile, axis_tiles, axis_weights, crop,
-                              pad_to_contract, padded_size, plan_tiles, ramp, reflect_index, run_tiled, take_region)
+                              pad_to_contract, padded_size, plan_tiles, ramp, reflect_index, run_tile_sample,
+                              run_tiled, sample_indices, take_region)
 
 
 def _image(h, w, c=3, seed=0):
@@ -81,6 +82,22 @@ def test_identity_model_has_no_seams():
     flat = np.full((1, 3, 97, 131), 0.37, np.float32)
     out = run_tiled(lambda f: f["image"], {"image": flat}, Contract(), tile=32, overlap=12)
     assert np.abs(out - 0.37).max() <= 1e-6
+
+
+def test_a_tile_sample_is_spread_and_holds_exactly_those_tiles():
+    assert sample_indices(841, 8) == [0, 120, 240, 360, 480, 600, 720, 840]
+    assert sample_indices(5, 8) == [0, 1, 2, 3, 4] and sample_indices(9, 1) == [0]
+    x = _image(150, 203)
+    plan = plan_tiles(150, 203, Contract(scale=2), 48, 16)
+    indices = sample_indices(plan.count, 4)
+    out = run_tile_sample(lambda f: 2 * f["image"].repeat(2, axis=2).repeat(2, axis=3), {"image": x},
+                          Contract(scale=2), indices, tile=48, overlap=16, batch=3)
+    (th, tw), positions = plan.tile_shape, plan.positions()
+    assert out.shape == (len(indices), 3, 2 * th, 2 * tw)
+    for k, i in enumerate(indices):  # row-major tile i, read from the virtually padded image, as run_tiled does
+        iy, ix = positions[i]
+        y0, x0 = plan.ys.starts[iy], plan.xs.starts[ix]
+        assert np.array_equal(out[k, :, ::2, ::2], 2 * take_region(x, y0, y0 + th, x0, x0 + tw)[0])
 
 
 class _ConvStack(nn.Module):
