@@ -62,6 +62,7 @@ class Carried:
     records: dict[tuple, BenchRecord]
     segments: list[dict]
     flops: dict
+    interrupted: dict[tuple, BenchRecord] = dataclasses.field(default_factory=dict)  # "running" when it ended
 
     @classmethod
     def none(cls) -> Carried:
@@ -86,15 +87,15 @@ def carried_from(previous: dict | None, source: str, settings: dict, device: dic
         raise BenchError(f"cannot resume {source}: " + "; ".join(why)
                          + " (run with the same options on the same machine, or use another --name)")
     segments = list(previous.get("segments") or [segment_of(previous)])
-    records = {}
+    records, interrupted = {}, {}
     for data in previous.get("records", []):
-        if data.get("status") in DONE_STATUSES:
+        if data.get("status") in (*DONE_STATUSES, "running"):
             record = record_from_dict(data)
             if record.segment is None:
                 record.segment = 0
-            records[record_key(record.model, record.backend, record.precision, record.input_hw,
-                               record.batch)] = record
-    return Carried(records, segments, dict(previous.get("flops") or {}))
+            key = record_key(record.model, record.backend, record.precision, record.input_hw, record.batch)
+            (records if record.status in DONE_STATUSES else interrupted)[key] = record
+    return Carried(records, segments, dict(previous.get("flops") or {}), interrupted)
 
 
 def segment_of(data: dict) -> dict:

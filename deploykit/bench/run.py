@@ -211,8 +211,13 @@ def _run_cases(cases: Sequence[Case], settings: BenchSettings, device: str, even
             event("info", f"{case.label}: {done.status} in run {done.segment + 1} of the file, carried (--resume)")
             records.append(done)
             continue
+        if key in carried.interrupted:
+            event("error", f"{case.label}: {carried.interrupted[key].reason.split(';')[0]} and never finished (the "
+                           "run was killed, or ran out of memory): running it again")
         record = contract_skip(case, event)  # decided from the spec alone: no model is built for it
         if record is None:
+            if progress is not None:  # a run killed during the case leaves it marked in the file
+                progress(records + [running_record(case, settings, carried.segment)] + unplanned, flops_info)
             if state is None or state.target is not case.target:
                 if state is not None:
                     state = None
@@ -230,6 +235,14 @@ def _run_cases(cases: Sequence[Case], settings: BenchSettings, device: str, even
 
 
 # --- one case ------------------------------------------------------------------------------------------------------
+
+def running_record(case: Case, settings: BenchSettings, segment: int) -> BenchRecord:
+    """The case as saved while it runs (--resume): a file left with it says that run ended during the case."""
+    record = new_record(case, settings.warmup)
+    record.status, record.segment = "running", segment
+    record.reason = f"started at {_now()} in run {segment + 1}; still running when the file was saved"
+    return record
+
 
 def new_record(case: Case, warmup: int) -> BenchRecord:
     spec = case.target.spec

@@ -66,9 +66,9 @@ def test_errors_run_again_and_results_outside_this_plan_are_kept(first_run, tmp_
 def test_progress_is_saved_after_every_case_and_marked_incomplete(tmp_path):
     saved = []
     result, _ = _bench(tmp_path, "32,48", on_progress=lambda partial: saved.append(partial.to_dict()))
-    assert [len(d["records"]) for d in saved] == [1, 2]
+    assert [len(d["records"]) for d in saved] == [1, 1, 2, 2]  # each case as it starts, then as it ended
     assert all(d["complete"] is False for d in saved) and result.complete is True
-    assert saved[0]["records"][0]["peak_fraction"] > 0  # judged against the probe run before the cases
+    assert saved[1]["records"][0]["peak_fraction"] > 0  # judged against the probe run before the cases
 
 
 @pytest.mark.parametrize(("change", "expected"), [
@@ -144,3 +144,16 @@ def test_the_table_header_names_each_run_and_its_probe(first_run):
     header = markdown_header(data)
     assert "Measured in 2 runs (`--resume`)" in header
     assert "run 2 (started 2026-12-08T01:00:00+00:00): Same-run GEMM probe" in header and "12345 GFLOP/s" in header
+
+
+def test_a_case_killed_while_running_is_marked_in_the_file_and_run_again(first_run, tmp_path):
+    saved = []
+    _bench(tmp_path, "32,48", on_progress=lambda partial: saved.append(partial.to_dict()))
+    statuses = [[(r["input_wxh"], r["status"]) for r in d["records"]] for d in saved]
+    assert statuses == [[("32x32", "running")], [("32x32", "ok")], [("32x32", "ok"), ("48x48", "running")],
+                        [("32x32", "ok"), ("48x48", "ok")]]
+    killed = saved[2]  # the file as a run killed during the 48x48 case leaves it
+    assert "still running when the file was saved" in killed["records"][1]["reason"]
+    result, events = _bench(tmp_path, "32,48", resume=killed)
+    assert [(r.input_wxh, r.status, r.segment) for r in result.records] == [("32x32", "ok", 0), ("48x48", "ok", 1)]
+    assert any(k == "error" and "48x48: started at" in m and "never finished" in m for k, m in events)
