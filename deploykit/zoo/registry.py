@@ -120,6 +120,11 @@ register(_mprnet("denoising", "real denoising (SIDD)", (80, 48, 32), 15_741_025)
 register(_mprnet("deraining", "deraining (Rain13K)", (40, 20, 16), 3_637_249))
 
 # --- UDVD with PixelConv (reference re-implementation, ../shared/reference/udvd.md) -----------------
+# UDVD's PixelConv unfolds k*k x C full-resolution tensors: an arena keeps their regions, fragmented, across the
+# graph; plain malloc hands each back when freed. 1024^2 one thread: 10,710 -> 8,365 MB (eager 7,110: 1.51 ->
+# 1.18 x), 9-16 % slower (512^2: 19.8 -> 23.0 s first run); the shared arena is worse (11,987 MB)
+# (benchmarks/results/<cpu>/ort_memory_udvd_{graph,arena}1024.json)
+_NO_ARENA = "none"
 register_family("udvd", "UDVD: unified dynamic convolution SR for variational degradations (PixelConv)",
                 "SR of blurry noisy", default="x2")
 register(ModelSpec(
@@ -133,7 +138,7 @@ register(ModelSpec(
     image_output=2, scale=2,
     checkpoint=CheckpointFormat(keys=("params", "state_dict"), notes="no official weights exist"),
     fp16=Fp16Policy(notes="PixelConv accumulates k*k products; checked by measurement."),
-    source="reference re-implementation of arXiv 2004.06965 (../shared/reference/udvd.md)",
+    source="reference re-implementation of arXiv 2004.06965 (../shared/reference/udvd.md)", ort_arena=_NO_ARENA,
 ))
 
 # --- VapSR (zhoumumu/VapSR) -----------------------------------------------------------------------

@@ -66,7 +66,8 @@ class ModelSpec:
     notes: str = ""
     tile: int | None = None  # largest square input side the export is sized for (PANet: memory ~ (H*W)^2)
     chop: dict[str, int] | None = None  # official recursive chop {"shave", "min_size"} (deploykit.imaging.chop)
-    ort_arena: str = "session"  # ONNX Runtime CPU arena: the session's own, or "shared" same-as-requested (measured)
+    ort_arena: str = "session"  # ONNX Runtime CPU arena: the session's own, "shared" same-as-requested, or "none"
+    # (plain malloc); chosen per model by measurement (benchmarks/ort_memory.py)
 
     @property
     def name(self) -> str:

@@ -60,10 +60,11 @@ def test_second_run_at_the_first_size_holds_no_more_memory(tmp_path):
 
 
 @pytest.mark.skipif(not peak_rss_measurable(), reason="needs /proc/self/status VmRSS")
-@pytest.mark.parametrize("arena", ["shared", "session"])
+@pytest.mark.parametrize("arena", ["shared", "session", "none"])
 def test_the_shared_arena_gives_a_run_memory_back(tmp_path, arena):
     """The shared same-as-requested arena is shrunk after each run (a process benchmarking one size after another
-    keeps nothing of the last); a session's own arena keeps its chunks (ORT's default) until the session closes."""
+    keeps nothing of the last); a session's own arena keeps its chunks (ORT's default) until the session closes;
+    without an arena every tensor goes back when freed."""
     onnx_conv_chain(tmp_path / "m.onnx")
     backend = OrtBackend(tmp_path / "m.onnx", session_options=cpu_session_options(1, arena=arena))
     x = {"x": np.random.default_rng(1).random((1, 3, 512, 512), dtype=np.float32)}
@@ -75,8 +76,8 @@ def test_the_shared_arena_gives_a_run_memory_back(tmp_path, arena):
     release_memory()
     kept = status_bytes("VmRSS") - base
     tensor = 16 * 512 * 512 * 4
-    assert backend.arena.startswith("shared" if arena == "shared" else "the session")
-    if arena == "shared":  # measured: one tensor's worth stays (the arena's first region); unshrunk: two
+    assert backend.arena.startswith({"shared": "shared", "session": "the session", "none": "none"}[arena])
+    if arena != "session":  # measured: one tensor's worth stays (the arena's first region); unshrunk: two
         assert kept < 1.5 * tensor, f"{kept / 2**20:.0f} MiB kept after the run"
     else:
         assert kept >= 1.5 * tensor  # the contrast: the property above is the shrinkage's, not the default's
@@ -90,6 +91,8 @@ def test_each_model_gets_its_measured_arena(tmp_path):
     onnx_conv_chain(tmp_path / "m.onnx", depth=2)
     assert open_backend("ort", get_spec("edsr:m_x4"), onnx=tmp_path / "m.onnx").arena.startswith("shared")
     assert open_backend("ort", get_spec("mprnet:deblurring"), onnx=tmp_path / "m.onnx").arena.startswith("the session")
+    assert open_backend("ort", get_spec("udvd:x2"), onnx=tmp_path / "m.onnx").arena == "none (plain malloc)"
+    assert cpu_session_recipe(arena="none")["enable_cpu_mem_arena"] is False
     shared, own = cpu_session_recipe(arena="shared"), cpu_session_recipe()
     assert shared["session_config"] == {"session.use_env_allocators": "1"}
     assert shared["run_config"] == {"memory.enable_memory_arena_shrinkage": "cpu:0"}
