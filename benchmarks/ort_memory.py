@@ -108,14 +108,14 @@ def _floor_cell(live: dict) -> str:
 
 
 def floor_or_error(onnx, size: int) -> dict:
-    """The graph's liveness floor, or why shape inference could not give one (MIRNet's graph: ORT's symbolic
-    shape inference fails on an Unsqueeze)."""
+    """The graph's liveness floor, or why it could not be had (where shape inference fails -- MIRNet's graph, an
+    Unsqueeze -- ``min_live_bytes`` measures the tensor sizes with two small runs instead)."""
     from deploykit.bench.onnx_memory import min_live_bytes
 
     try:
         return min_live_bytes(onnx, size, size)
     except Exception as exc:  # noqa: BLE001 (a study column, not a result)
-        return {"peak_bytes": None, "error": f"{type(exc).__name__} in shape inference"}
+        return {"peak_bytes": None, "error": f"{type(exc).__name__} in the liveness floor"}
 
 
 def main() -> int:

@@ -53,11 +53,66 @@ def _tensor_bytes(value_info) -> int | None:
     return int(np.prod(dims, dtype=np.int64)) * _DTYPE_BYTES.get(t.elem_type, 4)
 
 
+PROBE_SIDES = (64, 128)
+
+
+def measured_sizes(path: str | Path, height: int, width: int, batch: int = 1,
+                   sides: tuple[int, int] = PROBE_SIDES) -> dict[str, int]:
+    """Every node output's bytes at (height, width), from two small ONNX Runtime runs with every tensor exposed:
+    bytes = a + b x pixels fitted per tensor (exact for a convolutional graph, whose tensors are full-, down- or
+    up-sampled maps or pooled vectors). For graphs shape inference cannot resolve (MIRNet's Unsqueeze chains)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    known = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in known:
+                model.graph.output.append(helper.make_empty_tensor_value_info(name))
+                known.add(name)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(0)
+    runs = []
+    for side in sides:
+        feed = {}
+        for inp in session.get_inputs():
+            dims = [d if isinstance(d, int) else v for d, v in zip(inp.shape, (batch, None, side, side))]
+            feed[inp.name] = rng.random(dims, dtype=np.float32)
+        runs.append({n: np.asarray(v).nbytes for n, v in zip(names, session.run(names, feed))})
+    (p1, p2), target = (s * s for s in sides), height * width
+    sizes = {}
+    for name in names:
+        b1, b2 = runs[0][name], runs[1][name]
+        slope = (b2 - b1) / (p2 - p1)
+        sizes[name] = int(round(b1 + slope * (target - p1)))
+    return sizes
+
+
 def min_live_bytes(path: str | Path, height: int, width: int, batch: int = 1) -> dict:
-    """{peak_bytes, peak_node, unknown_tensors, nodes}: the liveness peak in node order (see the module doc)."""
-    model = _fixed_model(path, height, width, batch)
-    g = model.graph
-    sizes = {vi.name: _tensor_bytes(vi) for vi in list(g.value_info) + list(g.output)}
+    """{peak_bytes, peak_node, unknown_tensors, nodes}: the liveness peak in node order (see the module doc);
+    tensor sizes from shape inference, or where it fails or leaves any unknown, from :func:`measured_sizes`."""
+    import onnx
+
+    sizes_from = "ONNX (+ ORT symbolic) shape inference at this size"
+    try:
+        model = _fixed_model(path, height, width, batch)
+        g = model.graph
+        sizes = {vi.name: _tensor_bytes(vi) for vi in list(g.value_info) + list(g.output)}
+        inferred = all(sizes.get(o) is not None for n in g.node for o in n.output if o)
+    except Exception:  # noqa: BLE001 (ORT's symbolic inference raises on some exporters' graphs)
+        inferred = False
+    if not inferred:
+        model = onnx.load(str(path))
+        g = model.graph
+        sizes = measured_sizes(path, height, width, batch)
+        sizes_from = (f"tensor bytes measured by ONNX Runtime at {PROBE_SIDES[0]}^2 and {PROBE_SIDES[1]}^2, linear "
+                      "in pixels (shape inference could not size every tensor)")
     outside = {i.name for i in g.input} | {i.name for i in g.initializer}
     keep = {o.name for o in g.output}
     last_use: dict[str, int] = {}
@@ -85,8 +140,8 @@ def min_live_bytes(path: str | Path, height: int, width: int, batch: int = 1) ->
         live = max(live, len(alive))
     return {"peak_bytes": int(peak), "peak_node": peak_node, "unknown_tensors": len(unknown),
             "nodes": len(g.node), "input_hw": [height, width], "batch": batch,
-            "method": "ONNX (+ ORT symbolic) shape inference at this size + liveness in node order (outputs allocated at their "
-                      "node, freed after the last consumer; inputs and initializers excluded)"}
+            "method": f"{sizes_from} + liveness in node order (outputs allocated at their node, freed after the "
+                      "last consumer; inputs and initializers excluded)"}
 
 
 def main(argv: list[str] | None = None) -> int:
