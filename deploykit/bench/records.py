@@ -86,6 +86,10 @@ METHODS = {
                    "included, as many as S seconds hold at that rate, at least 8); every tile has the same shape and "
                    "work, so latency, first run and CPU seconds are the sample's x tiles / sample (tile.sampled), "
                    "blending excluded; parity compares those tiles with PyTorch FP32 on the same tiles",
+    "graph_floor": "ONNX cases: memory.graph_floor_bytes = the liveness peak of the case's ONNX file in its node "
+                   "order at the shape of one call (bench.onnx_memory: outputs allocated at their node, freed after "
+                   "their last consumer; weights, inputs and kernel workspaces excluded), beside the measured peak "
+                   "RSS: how far each runtime is from what the graph needs",
     "segments": "the runs that measured this file: one, or several with --resume (each finished case saved after "
                 "it ran; a later run with the same options, machine and library versions measures only the cases "
                 "the file lacks). A record's segment is the run that measured it; its peak_fraction is against that "

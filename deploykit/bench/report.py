@@ -31,6 +31,7 @@ CSV_COLUMNS = (
     "warmup", "iterations", "first_run_ms", "lat_min_ms", "lat_median_ms", "lat_mean_ms", "lat_p90_ms",
     "lat_p95_ms", "lat_p99_ms", "lat_max_ms", "lat_stdev_ms", "megapixels_per_s", "output_megapixels_per_s",
     "flops_per_image", "tflops", "mem_estimate_bytes", "mem_available_bytes", "rss_peak_delta_bytes",
+    "graph_floor_bytes",
     "gpu_peak_allocated_bytes", "engine_device_memory_bytes", "parity_reference", "parity_max_abs",
     "parity_mean_abs", "parity_psnr_db", "parity_nonfinite", "parity_passed", "tile", "overlap", "tiles",
     "tiles_timed", "loadavg_1m_start", "loadavg_1m_end", "latency_includes", "artifact", "auto_tile",
@@ -128,7 +129,7 @@ def flat_row(record: dict) -> dict:
         "output_megapixels_per_s": record.get("output_megapixels_per_s"),
         "flops_per_image": record.get("flops_per_image"), "tflops": record.get("tflops"),
         "mem_estimate_bytes": mem.get("estimate_bytes"), "mem_available_bytes": mem.get("available_bytes"),
-        "rss_peak_delta_bytes": mem.get("rss_peak_delta_bytes"),
+        "rss_peak_delta_bytes": mem.get("rss_peak_delta_bytes"), "graph_floor_bytes": mem.get("graph_floor_bytes"),
         "gpu_peak_allocated_bytes": mem.get("gpu_peak_allocated_bytes"),
         "engine_device_memory_bytes": mem.get("engine_device_memory_bytes"),
         "parity_reference": bool(par.get("reference")) if par else None,
@@ -456,6 +457,10 @@ def summary_text(data: dict) -> str:
             t, o = pair["torch"], pair["ort"]
             mem = [x["memory"].get("rss_peak_delta_bytes") for x in (o, t)]
             ratio = f", peak RSS Δ ORT/eager {mem[0] / mem[1]:.2f}" if all(mem) else ""
+            floor = o["memory"].get("graph_floor_bytes")
+            if floor and all(mem):
+                ratio += (f" (graph floor {floor / 2**20:,.0f} MiB: ORT {mem[0] / floor:.2f}x, eager "
+                          f"{mem[1] / floor:.2f}x it)")
             lines.append(f"* {model} {fmt_wxh(hw)}: ORT {t['latency_ms']['median'] / o['latency_ms']['median']:.2f}x "
                          f"eager's speed{ratio}")
     for r in sorted((r for r in ok if near_the_ridge(r)), key=lambda r: (r["model"], r["input_hw"], r["runtime"])):

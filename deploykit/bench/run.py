@@ -58,6 +58,7 @@ from deploykit.bench.backends import (
 )
 from deploykit.bench.guard import memory_guard
 from deploykit.bench.memory import MemoryGuard
+from deploykit.bench.onnx_memory import min_live_bytes
 from deploykit.bench.parity import case_parity, ensure_reference, parity_short
 from deploykit.bench.plan import (
     DEFAULT_RES,
@@ -450,6 +451,7 @@ def _measure(case: Case, state: ModelState, settings: BenchSettings, feed: dict,
     record.loadavg = {"start": load_start, "end": loadavg()}
     if on_cuda:
         gpu_figures(record, backend, case, state, settings, feed, len(timing.samples_ms))
+    graph_floor(record, work)
     fill_timing(record, timing, work.images, *case.hw, scale=scale)
     if scale != 1.0:
         record.latency_includes += (f"; extrapolated: {record.tile['sampled']['tiles_timed']} of "
@@ -457,6 +459,21 @@ def _measure(case: Case, state: ModelState, settings: BenchSettings, feed: dict,
                                     "included")
     record.parity = case_parity(case, state, timing.output, event, reference_note, settings)
     timing.output = None
+
+
+def graph_floor(record: BenchRecord, work: Work) -> None:
+    """An ONNX case's graph floor next to its measured peak: the liveness peak of its ONNX file in node order at
+    the shape one call runs (``onnx_memory.min_live_bytes``; tensors only, no weights or workspaces)."""
+    onnx_file = (record.artifact or {}).get("onnx") or (record.artifact or {}).get("file")
+    if not onnx_file or not str(onnx_file).endswith(".onnx"):
+        return
+    try:
+        floor = min_live_bytes(onnx_file, *work.hw, batch=work.run_batch)
+    except Exception as exc:  # noqa: BLE001 (a figure beside the result, never the end of the case)
+        record.memory["graph_floor_error"] = one_line(exc, 200, name_type=True)
+        return
+    record.memory["graph_floor_bytes"] = floor["peak_bytes"]
+    record.memory["graph_floor_method"] = floor["method"] + f" at {fmt_wxh(work.hw)} x batch {work.run_batch}"
 
 
 def gpu_figures(record: BenchRecord, backend: Backend, case: Case, state: ModelState, settings: BenchSettings,

@@ -271,3 +271,19 @@ def test_a_sampled_run_is_scaled_to_every_tile():
 def test_the_sample_budget_must_be_positive(tmp_path):
     with pytest.raises(BenchError, match="--sample-tiles-over must be > 0"):
         run_bench(["srresnet:x2"], res="64", backends="torch", sample_tiles_over=0, exports_root=tmp_path)
+
+
+def test_an_onnx_case_records_its_graph_floor_beside_the_measured_peak(srresnet_export, tmp_path):
+    from deploykit.bench.onnx_memory import min_live_bytes
+    from deploykit.bench.report import csv_text, summary_text
+
+    result = run_bench(["srresnet:x2"], res="48x32", backends="torch,ort", warmup=0, iters=1, threads=1,
+                       exports_root=srresnet_export, cache_dir=tmp_path / "cache")
+    torch_rec, ort_rec = result.records
+    expected = min_live_bytes(ort_rec.artifact["file"], 32, 48)["peak_bytes"]
+    assert ort_rec.memory["graph_floor_bytes"] == expected > 64 * 32 * 48 * 4  # at least two 64-channel maps
+    assert "at 48x32 x batch 1" in ort_rec.memory["graph_floor_method"]
+    assert "graph_floor_bytes" not in torch_rec.memory
+    data = result.to_dict()
+    assert f",{expected}," in csv_text(data).splitlines()[2]
+    assert "graph floor" in summary_text(data)
