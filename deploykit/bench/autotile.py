@@ -10,7 +10,10 @@ an overlap from the model's receptive field, and a once-per-model measurement of
   margin is a quarter of the overlap, so 4 x radius makes a convolutional model's tiled output equal to the
   whole-frame one (``tests/imaging/test_tiling.py``); at most a quarter of the tile keeps the tile count sane.
 * **PSNR check** (:func:`tiling_check`): once per model, PyTorch FP32 at CHECK_SIZE whole vs tiled with the same
-  tile grid scaled down to that size (tile and overlap x CHECK_SIZE / image side), both of which fit.
+  tile grid scaled down to that size (tile and overlap x CHECK_SIZE / image side). A model whose whole frame does
+  not fit at CHECK_SIZE (PANet's attention: 56 GB at 256^2) is checked at the largest side below it that fits
+  (PyTorch's coarse bound: 2 x the traced activations), with its real tile and overlap where that tile is
+  smaller than the side.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 import torch
 from torch import nn
 
+from deploykit.bench.memory import check_memory
 from deploykit.bench.plan import PARITY_SEED, BenchSettings
 from deploykit.imaging.tiling import plan_tiles, run_tiled
 from deploykit.runtime.torch_backend import strict_fp32
@@ -72,17 +76,44 @@ def tiled_settings(settings: BenchSettings, tile: int, overlap: int) -> BenchSet
     return dataclasses.replace(settings, tile=tile, overlap=overlap)
 
 
-def tiling_check(state, image_side: int, tile: int, overlap: int, size: int = CHECK_SIZE) -> dict:
-    """PSNR of the tiled vs whole-frame PyTorch FP32 output at ``size`` with the tile grid scaled by
-    size / image_side (cached per model and grid)."""
+CHECK_SIDES = (256, 224, 192, 160, 128, 112, 96, 64)
+
+
+def check_side(state, size: int = CHECK_SIZE) -> int | None:
+    """The largest side <= ``size`` whose whole PyTorch FP32 frame fits (coarse bound on the meta trace), None
+    when not even the smallest does."""
     spec = state.spec
-    size = spec.valid_size(size)
+    for side in sorted({spec.valid_size(s) for s in CHECK_SIDES if s <= size} | {spec.valid_size(size)},
+                       reverse=True):
+        if check_memory(state.trace((side, side), 1).peak_bytes, spec=spec).fits:
+            return side
+    return None
+
+
+def check_grid(spec: ModelSpec, size: int, image_side: int, tile: int, overlap: int) -> tuple[int, int]:
+    """(tile, overlap) of the check at ``size``: the real ones when the tile is smaller than ``size`` (the grid
+    then has real tiles), else the grid scaled by size / image_side."""
+    if tile < size:
+        return tile, overlap
     k = size / image_side
     small_tile = max(spec.valid_size(max(spec.min_size, round(tile * k))), spec.multiple_of * 2)
-    small_overlap = min(small_tile // 4, max(0, round(overlap * k / spec.multiple_of) * spec.multiple_of))
-    key = (size, small_tile, small_overlap)
+    return small_tile, min(small_tile // 4, max(0, round(overlap * k / spec.multiple_of) * spec.multiple_of))
+
+
+def tiling_check(state, image_side: int, tile: int, overlap: int, size: int = CHECK_SIZE) -> dict:
+    """PSNR of the tiled vs whole-frame PyTorch FP32 output at ``size`` (or the largest side below it whose whole
+    frame fits) with the tile grid of :func:`check_grid`; once per model and full-size grid (the side that fits
+    depends on the memory free when it runs, the answer should not)."""
+    spec = state.spec
+    key = (image_side, tile, overlap, size)
     if key in state.tiling_checks:
         return state.tiling_checks[key]
+    side = check_side(state, size)
+    if side is None:
+        return {"size": None, "psnr_db": None, "skipped": f"no whole frame of {CHECK_SIDES[-1]}^2 or more fits "
+                                                            "for the PyTorch FP32 comparison"}
+    size = side
+    small_tile, small_overlap = check_grid(spec, size, image_side, tile, overlap)
     feed = random_inputs(spec, (1, size, size), seed=PARITY_SEED)
     out_name = state.output_name
     start = time.perf_counter()

@@ -349,14 +349,18 @@ def _auto_tile(case: Case, state: ModelState, settings: BenchSettings, device: s
     guard = memory_guard(case, state, tiled, device, work, record, event)
     check = None
     if guard is not None and guard.fits and not settings.plan_only:
-        check = tiling_check(state, max(case.hw), tile, overlap)
+        try:
+            check = tiling_check(state, max(case.hw), tile, overlap)
+        except (RuntimeError, MemoryError) as exc:  # the check is a figure beside the case, never its end
+            check = {"size": None, "psnr_db": None, "error": one_line(exc, 200, name_type=True)}
     record.tile.update(auto=True, receptive_radius=radius, whole_frame_estimate_bytes=whole.estimate_bytes,
                        whole_frame_memory=whole_memory, psnr_check=check,
                        why=f"whole frame needs about {whole.estimate_bytes / 2**30:.1f} GiB, "
                            f"{(whole.available_bytes - whole.reserve_bytes) / 2**30:.1f} GiB usable")
     event("info", f"{case.label}: whole frame does not fit ({record.tile['why']}): automatically tiled, "
                   f"{record.tile['plan']}, overlap {overlap} (receptive radius bound {radius} px)"
-                  + (f"; tiled vs whole at {check['size']}²: {check['psnr_db']:.1f} dB" if check else ""))
+                  + (f"; tiled vs whole at {check['size']}²: {check['psnr_db']:.1f} dB"
+                     if check and check.get("psnr_db") is not None else ""))
     return tiled, work, guard
 
 
@@ -367,7 +371,7 @@ def sample_tiles(case: Case, settings: BenchSettings, record: BenchRecord, gemm_
                  event: Event) -> BenchSettings:
     """``--sample-tiles-over S``: a tiled case whose one run needs more than S seconds even at the run's GEMM rate
     (its FLOPs / the probe: a lower bound) runs an evenly spread sample of its tiles, as many as S seconds hold at
-    that rate (at least MIN_TILE_SAMPLE). Every tile has the same shape and work, so the sample's time x tiles /
+    that rate (at least MIN_TILE_SAMPLE), when that skips at least half of them (else every tile runs). Every tile has the same shape and work, so the sample's time x tiles /
     sample is the run's; the record says so (``tile.sampled``, ``latency_includes``) and parity covers the sample."""
     tile = record.tile
     if not (settings.sample_over and tile and gemm_gflops):
@@ -375,7 +379,7 @@ def sample_tiles(case: Case, settings: BenchSettings, record: BenchRecord, gemm_
     count = tile["tiles"]
     at_peak_s = record.flops_per_image / (gemm_gflops * 1e9)
     n = max(MIN_TILE_SAMPLE, math.floor(settings.sample_over / at_peak_s * count))
-    if at_peak_s <= settings.sample_over or n >= count:
+    if at_peak_s <= settings.sample_over or n > count // 2:
         return settings
     indices = sample_indices(count, n)
     tile["sampled"] = {
