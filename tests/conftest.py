@@ -77,3 +77,19 @@ def onnx_conv_chain(path, *, channels: int = 16, depth: int = 8, input_name: str
                                                                              [1, 3, "H", "W"])],
                               [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, channels, "H", "W"])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+
+
+def bench_cli_app():
+    """A typer app holding only the ``bench`` command, for CliRunner tests of it."""
+    import typer
+
+    from deploykit.cli.bench import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """test app"""
+
+    register(app)
+    return app

@@ -6,13 +6,12 @@ import copy
 import json
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from deploykit.bench.run import run_bench
 from deploykit.bench.resume import carried_from, resume_mismatch
-from deploykit.cli.bench import register
+from deploykit.bench.run import run_bench
 from deploykit.errors import BenchError
+from tests.conftest import bench_cli_app
 
 TINY = dict(backends=["torch"], warmup=0, iters=1, threads=1)
 
@@ -96,25 +95,14 @@ def test_a_plan_only_file_is_not_resumed(first_run):
         carried_from(previous, "p.json", first_run["settings"], first_run["device"], first_run["versions"])
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    register(app)
-    return app
-
-
 def test_the_command_resumes_its_own_file(tmp_path):
     out, args = tmp_path / "results", ["--backend", "torch", "--warmup", "0", "--iters", "1", "--threads", "1",
                                        "--exports", str(tmp_path / "none"), "--cache-dir", str(tmp_path / "cache")]
-    first = CliRunner().invoke(_app(), ["bench", "srresnet:x2", "--res", "32", *args, "--out", str(out),
+    first = CliRunner().invoke(bench_cli_app(), ["bench", "srresnet:x2", "--res", "32", *args, "--out", str(out),
                                         "--name", "sweep", "--resume"])
     assert first.exit_code == 0, first.output
     assert "does not exist yet" in first.output
-    second = CliRunner().invoke(_app(), ["bench", "srresnet:x2", "--res", "32,48", *args, "--out", str(out),
+    second = CliRunner().invoke(bench_cli_app(), ["bench", "srresnet:x2", "--res", "32,48", *args, "--out", str(out),
                                          "--name", "sweep", "--resume"])
     assert second.exit_code == 0, second.output
     assert "holds 1 finished case(s)" in second.output
@@ -128,7 +116,7 @@ def test_the_command_resumes_its_own_file(tmp_path):
     (["--name", "x", "--plan-only"], "--plan-only measures none"),
 ])
 def test_the_command_says_what_resume_needs(tmp_path, extra, message):
-    result = CliRunner().invoke(_app(), ["bench", "srresnet:x2", "--res", "32", "--resume", "--out",
+    result = CliRunner().invoke(bench_cli_app(), ["bench", "srresnet:x2", "--res", "32", "--resume", "--out",
                                          str(tmp_path), *extra])
     assert result.exit_code != 0
     assert message in (result.output + str(result.exception))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from deploykit.bench import memory
@@ -17,10 +16,10 @@ from deploykit.bench.records import BenchRecord
 from deploykit.bench.report import tile_label
 from deploykit.bench.run import fill_timing, run_bench
 from deploykit.bench.timing import Timing
-from deploykit.cli.bench import register
 from deploykit.errors import BenchError, InputError
 from deploykit.imaging.tiling import sample_indices
 from deploykit.zoo.registry import get_spec
+from tests.conftest import bench_cli_app
 
 
 def test_bench_skips_a_resolution_that_does_not_fit(monkeypatch, tmp_path):
@@ -92,26 +91,15 @@ def srresnet_export(tmp_path_factory) -> Path:
     return root
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    register(app)
-    return app
-
-
 def test_bench_command_says_what_to_type_for_res(tmp_path):
-    result = CliRunner().invoke(_app(), ["bench", "srresnet:x2", "--res", "big", "--exports", str(tmp_path)])
+    result = CliRunner().invoke(bench_cli_app(), ["bench", "srresnet:x2", "--res", "big", "--exports", str(tmp_path)])
     assert isinstance(result.exception, InputError)  # cli.app.main prints it as one error line, exit 2
     assert "WIDTHxHEIGHT" in str(result.exception) and "1920x1080" in str(result.exception)
 
 
 def test_bench_end_to_end_writes_json_csv_png(srresnet_export, tmp_path):
     out = tmp_path / "results"
-    result = CliRunner().invoke(_app(), ["bench", "--res", "32,48", "--backend", "torch,ort", "--warmup", "1",
+    result = CliRunner().invoke(bench_cli_app(), ["bench", "--res", "32,48", "--backend", "torch,ort", "--warmup", "1",
                                          "--iters", "2", "--threads", "1", "--exports", str(srresnet_export),
                                          "--out", str(out), "--name", "tiny", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
