@@ -82,11 +82,11 @@ METHODS = {
                     "whole at 256^2 with the grid scaled), skipped only when no tile fits. GPU: "
                     f"{GPU_FACTOR:g} x the trace in the run's dtype + 256 MiB against free device memory - 512 MiB",
     "tile_sample": "--sample-tiles-over S: a tiled case whose one run needs more than S seconds even at the run's "
-                   "FP32 GEMM probe rate (FLOPs / rate) runs only an evenly spread sample of its tiles (first and last "
-                   "included, as many as S seconds hold at that rate, at least 8, and only when that skips at least half of "
-                   "them); every tile has the same shape and "
-                   "work, so latency, first run and CPU seconds are the sample's x tiles / sample (tile.sampled), "
-                   "blending excluded; parity compares those tiles with PyTorch FP32 on the same tiles",
+                   "FP32 GEMM probe rate (FLOPs / rate) runs only an evenly spread sample of its tiles (first and "
+                   "last included, as many as S seconds hold at that rate, at least 8, and only when that skips at "
+                   "least half of them); every tile has the same shape and work, so latency, first run and CPU "
+                   "seconds are the sample's x tiles / sample (tile.sampled), blending excluded; parity compares "
+                   "those tiles with PyTorch FP32 on the same tiles",
     "graph_floor": "ONNX cases: memory.graph_floor_bytes = the liveness peak of the case's ONNX file in its node "
                    "order at the shape of one call (bench.onnx_memory: outputs allocated at their node, freed after "
                    "their last consumer; weights, inputs and kernel workspaces excluded), beside the measured peak "

@@ -79,7 +79,8 @@ def register(app: typer.Typer) -> None:
         result = run_bench(models, res=res or DEFAULT_RES, backends=backend, precisions=precision, batch=batch,
                            warmup=warmup, iters=iters, seconds=seconds, tile=tile, overlap=overlap, threads=threads,
                            exports_root=exports, cache_dir=cache_dir, on_event=_print_event, command=_command(),
-                           plan_only=plan_only, sample_tiles_over=sample_tiles_over, resume=previous, resume_source=source, on_progress=on_progress)
+                           plan_only=plan_only, sample_tiles_over=sample_tiles_over, resume=previous,
+                           resume_source=source, on_progress=on_progress)
         _show_and_write(result, out, name)
 
 
@@ -93,6 +94,7 @@ def _resume_file(out: Path, name: str | None, resume: bool, plan_only: bool) -> 
         fail("--resume saves measurements; --plan-only measures none (drop one of them)")
     from deploykit.bench.records import device_info
     from deploykit.bench.report import load, results_path
+    from deploykit.bench.resume import DONE_STATUSES
 
     path = results_path(out, device_info(), name, "json")
     if not path.exists():
@@ -103,7 +105,7 @@ def _resume_file(out: Path, name: str | None, resume: bool, plan_only: bool) -> 
         previous = load(path)
     except (ValueError, OSError) as exc:
         fail(f"cannot resume {path}: {exc}")
-    done = sum(r.get("status") in ("ok", "skipped") for r in previous.get("records", []))
+    done = sum(r.get("status") in DONE_STATUSES for r in previous.get("records", []))
     console.print(f"[cyan]•[/] --resume: {path} holds {done} finished case(s); they are not run again",
                   highlight=False)
     return previous, str(path)
