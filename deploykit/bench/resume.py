@@ -26,6 +26,12 @@ def record_key(model: str, backend: str, precision: str, input_hw, batch: int) -
     return (model, backend, precision, tuple(input_hw), int(batch))
 
 
+def key_of(record: BenchRecord) -> tuple:
+    """The key of the case that made ``record``: a tiled record's batch is 1, its case's is ``tiles_per_run``."""
+    batch = (record.tile or {}).get("tiles_per_run", record.batch)
+    return record_key(record.model, record.backend, record.precision, record.input_hw, batch)
+
+
 def record_from_dict(data: dict) -> BenchRecord:
     """A record read back from a results file (derived fields such as ``input_wxh`` dropped)."""
     names = {f.name for f in dataclasses.fields(BenchRecord)}
@@ -93,7 +99,7 @@ def carried_from(previous: dict | None, source: str, settings: dict, device: dic
             record = record_from_dict(data)
             if record.segment is None:
                 record.segment = 0
-            key = record_key(record.model, record.backend, record.precision, record.input_hw, record.batch)
+            key = key_of(record)
             (records if record.status in DONE_STATUSES else interrupted)[key] = record
     return Carried(records, segments, dict(previous.get("flops") or {}), interrupted)
 

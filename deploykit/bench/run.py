@@ -205,7 +205,8 @@ def _run_cases(cases: Sequence[Case], settings: BenchSettings, device: str, even
     flops_info: dict = {}
     state: ModelState | None = None
     keys = [record_key(c.target.name, c.backend, c.precision, c.hw, c.batch) for c in cases]
-    unplanned = [r for key, r in carried.records.items() if key not in set(keys)]
+    planned = set(keys)
+    unplanned = [r for key, r in carried.records.items() if key not in planned]
     for case, key in zip(cases, keys):
         done = carried.records.get(key)
         if done is not None:

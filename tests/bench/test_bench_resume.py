@@ -145,3 +145,12 @@ def test_a_case_killed_while_running_is_marked_in_the_file_and_run_again(first_r
     result, events = _bench(tmp_path, "32,48", resume=killed)
     assert [(r.input_wxh, r.status, r.segment) for r in result.records] == [("32x32", "ok", 0), ("48x48", "ok", 1)]
     assert any(k == "error" and "48x48: started at" in m and "never finished" in m for k, m in events)
+
+
+def test_a_tiled_case_run_in_tile_batches_is_carried(tmp_path):
+    """A tiled record's batch is 1 (one image), its case's the tiles per run: the resumed run must match them."""
+    first, _ = _bench(tmp_path, "64", tile=32, overlap=8, batch=2)
+    (record,) = first.records
+    assert (record.batch, record.tile["tiles_per_run"]) == (1, 2)
+    again, events = _bench(tmp_path, "64", tile=32, overlap=8, batch=2, resume=first.to_dict())
+    assert again.records[0].segment == 0 and not any(k == "start" for k, _ in events)
